@@ -1,0 +1,46 @@
+"""napari-flowseg: cell segmentation with flows (a re-implementation of the Cellpose method).
+
+Importing :mod:`flowseg` is cheap and never imports napari or Qt: the heavy parts (torch,
+the model) load on first use of :class:`Model` or :func:`train`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "masks_to_flows",
+    "flows_to_masks",
+    "average_precision",
+    "stitch_masks",
+    "Model",
+    "Segmentation",
+    "train",
+]
+
+_LAZY = {
+    "masks_to_flows": "flowseg.engine.flows",
+    "flows_to_masks": "flowseg.engine.dynamics",
+    "average_precision": "flowseg.engine.metrics",
+    "stitch_masks": "flowseg.engine.stitch",
+    "Model": "flowseg.engine.model",
+    "Segmentation": "flowseg.engine.model",
+    "train": "flowseg.engine.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flowseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

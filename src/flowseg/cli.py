@@ -1,0 +1,72 @@
+"""The ``flowseg`` command: ``flowseg segment``, ``flowseg train``, ``flowseg eval``.
+
+Each sub-command lives in its own ``_add_*`` (arguments) / ``_run_*`` (work) pair and calls
+the same engine functions as the napari widget; progress goes to tqdm through the engine's
+progress protocol (:mod:`flowseg.engine.progress`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ._version import __version__
+
+
+# ---------------------------------------------------------------- segment (issue: network)
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment images into cell masks")
+    p.set_defaults(func=_run_segment)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    raise NotImplementedError("flowseg segment is being built")
+
+
+# ---------------------------------------------------------------- train / eval (issue: training)
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a model on image + mask folders")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    raise NotImplementedError("flowseg train is being built")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score a model on image + mask folders")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    raise NotImplementedError("flowseg eval is being built")
+
+
+# ---------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``flowseg`` command."""
+    parser = argparse.ArgumentParser(prog="flowseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"flowseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_segment(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``flowseg`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+        print(f"flowseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flowseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
