@@ -1,0 +1,206 @@
+"""``Model``: a flow network plus its metadata; loading, saving, segmenting, sizing.
+
+``Model.load`` accepts
+
+* a bundled name (``"cyto"``, ``"nuclei"``: files ``flowseg/models/<name>.pt``),
+* a path to one of our model files (state dict + metadata, see :mod:`flowseg.engine.io`),
+* a path to a Cellpose 1-3 weight file (e.g. ``~/.cellpose/models/cyto3``), used as-is.
+
+Segmentation itself lives in :mod:`flowseg.engine.infer` (2D, tiling) and
+:mod:`flowseg.engine.infer3d` (3D); :class:`Segmentation` is defined in
+:mod:`flowseg.engine.segmentation`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .io import ModelFileError, check_state_dict, export_cellpose, load_model_file, save_model_file
+from .net import FlowNet, nbase_for_width
+from .segmentation import Segmentation
+
+__all__ = ["Model", "Segmentation", "available_models", "resolve_device"]
+
+_DEFAULT_NORMALIZE = [1.0, 99.0]
+
+
+def _models_dir() -> Path:
+    return Path(str(resources.files("flowseg") / "models"))
+
+
+def available_models() -> list[str]:
+    """Names of the bundled models (``flowseg/models/<name>.pt``)."""
+    d = _models_dir()
+    return sorted(p.stem for p in d.glob("*.pt")) if d.is_dir() else []
+
+
+def resolve_device(device: Any = None) -> torch.device:
+    """``None``/``"auto"``: CUDA if available, else MPS if available, else CPU."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r} requested but MPS is not available")
+    return dev
+
+
+class Model:
+    """A flow network (:class:`~flowseg.engine.net.FlowNet`) with its metadata.
+
+    Parameters
+    ----------
+    net : FlowNet
+    meta : dict
+        JSON-able metadata: ``nbase``, ``nchan``, ``diam_mean``, ``normalize`` (lo, hi),
+        ``channels``, ``size_model`` ({"A": [...], "b": float} or None), ``training``, ...
+    device : str or torch.device, optional
+        See :func:`resolve_device`.
+    """
+
+    def __init__(self, net: FlowNet, meta: Optional[dict] = None, device: Any = None) -> None:
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        meta = dict(meta or {})
+        meta["nbase"] = list(net.nbase)
+        meta["nchan"] = net.nchan
+        meta.setdefault("diam_mean", float(net.diam_mean.item()))
+        meta.setdefault("normalize", list(_DEFAULT_NORMALIZE))
+        meta.setdefault("size_model", None)
+        meta.setdefault("channels", None)
+        self.meta = meta
+        with torch.no_grad():
+            self.net.diam_mean.fill_(float(meta["diam_mean"]))
+        self._fast_net = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def new(cls, width: int = 32, nchan: int = 2, diam_mean: float = 30.0,
+            device: Any = None, seed: Optional[int] = None) -> "Model":
+        """A fresh, randomly initialised model of base ``width`` (Cellpose: 32)."""
+        if int(width) < 1 or int(nchan) < 1:
+            raise ValueError(f"width and nchan must be >= 1, got width={width}, nchan={nchan}")
+        if not float(diam_mean) > 0:
+            raise ValueError(f"diam_mean must be > 0, got {diam_mean}")
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        net = FlowNet(nbase_for_width(int(width), int(nchan)), diam_mean=float(diam_mean))
+        return cls(net, {"diam_mean": float(diam_mean), "diam_labels": float(diam_mean),
+                         "source": "new"}, device=device)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, meta: Optional[dict] = None,
+                        device: Any = None) -> "Model":
+        """Build a model from a (Cellpose-layout) state dict and optional metadata."""
+        from .io import _cellpose_meta
+
+        meta = {**_cellpose_meta(state_dict), **dict(meta or {})}
+        net = FlowNet(meta["nbase"], diam_mean=float(meta["diam_mean"]))
+        net.load_state_dict(check_state_dict(state_dict, net.state_dict()))
+        return cls(net, meta, device=device)
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike, device: Any = None) -> "Model":
+        """Load a bundled model by name, our model file, or a Cellpose 1-3 weight file."""
+        if isinstance(name_or_path, Model):
+            return name_or_path
+        s = os.fspath(name_or_path)
+        p = Path(s).expanduser()
+        if p.is_file():
+            path = p
+        elif p.is_dir():
+            raise ValueError(f"model path {p} is a directory, not a model file")
+        elif os.sep not in s and "/" not in s and not p.suffix:
+            names = available_models()
+            cand = _models_dir() / f"{s}.pt"
+            if not cand.is_file():
+                avail = ", ".join(names) if names else "none bundled"
+                raise ValueError(f"no bundled model named {s!r} (available: {avail}); pass a "
+                                 "path to a flowseg or Cellpose 1-3 model file instead")
+            path = cand
+        else:
+            raise FileNotFoundError(f"model file {p} not found")
+        sd, meta = load_model_file(path)
+        try:
+            model = cls.from_state_dict(sd, meta, device=device)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+        model.meta["path"] = str(path)
+        return model
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save weights and metadata in our format (atomic write)."""
+        meta = {k: v for k, v in self.meta.items() if k not in ("path", "source")}
+        return save_model_file(path, self.net.state_dict(), meta, overwrite=overwrite)
+
+    def export_cellpose(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the weights as a Cellpose 3 ``CPnet`` state dict file."""
+        return export_cellpose(self.net.state_dict(), path, overwrite=overwrite)
+
+    def copy(self) -> "Model":
+        """A deep copy (weights and metadata)."""
+        return Model(copy.deepcopy(self.net), copy.deepcopy(self.meta), device=self.device)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def diam_mean(self) -> float:
+        """Object diameter (pixels) the network works at; images are resized to it."""
+        return float(self.meta["diam_mean"])
+
+    @property
+    def nchan(self) -> int:
+        """Network input channels."""
+        return int(self.net.nchan)
+
+    @property
+    def normalize(self) -> tuple[float, float]:
+        """Default normalisation percentiles ``(lo, hi)``."""
+        lo, hi = self.meta.get("normalize") or _DEFAULT_NORMALIZE
+        return float(lo), float(hi)
+
+    @property
+    def size_model(self) -> Optional[dict]:
+        """``{"A": [...], "b": float}`` regression from style to log-diameter, or None."""
+        return self.meta.get("size_model")
+
+    def __repr__(self) -> str:
+        name = self.meta.get("path") or self.meta.get("source", "")
+        return (f"Model(nbase={self.net.nbase}, diam_mean={self.diam_mean:g}, "
+                f"device={self.device.type!s}, {name})")
+
+    # ------------------------------------------------------------------ inference
+    def segment(self, image: np.ndarray, **kwargs: Any) -> Segmentation:
+        """Segment a 2D image, a stack or a 3D volume; see :func:`flowseg.engine.infer.segment`."""
+        from .infer import segment
+
+        return segment(self, image, **kwargs)
+
+    def estimate_diameter(self, image: np.ndarray, **kwargs: Any) -> float:
+        """Estimate the object diameter; see :func:`flowseg.engine.size.estimate_diameter`."""
+        from .size import estimate_diameter
+
+        return estimate_diameter(self, image, **kwargs)
+
+    def run_net(self, x: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Network outputs on a prepared image; see :func:`flowseg.engine.tiling.run_tiled`."""
+        from .tiling import run_tiled
+
+        return run_tiled(self.net, x, **kwargs)
