@@ -1,0 +1,68 @@
+"""End of training: the training record in the model's metadata and the size model."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .progress import report
+from .trainprep import SampleSet
+
+__all__ = ["finish_model", "fit_size"]
+
+
+def fit_size(model, samples: SampleSet, progress=None) -> Optional[dict]:
+    """Fit the style -> diameter regression on the training samples, if available."""
+    try:
+        from .size import fit_size_model
+    except (ModuleNotFoundError, ImportError):
+        return None
+    images = [np.moveaxis(np.asarray(x, np.float32), 0, -1) for x in samples.images]
+    try:
+        return fit_size_model(model, images, list(samples.diameters), progress=progress)
+    except TypeError:
+        return fit_size_model(model, images, list(samples.diameters))
+
+
+def finish_model(model, samples: SampleSet, cfg: dict, hist: dict, best: Optional[dict], *,
+                 cancelled: bool, epochs_done: int, seconds: float, progress=None) -> None:
+    """Write the training record (and the fitted size model) into ``model.meta``."""
+    d = samples.diameters
+    diam_labels = float(np.mean(d[d > 0])) if np.any(d > 0) else float(model.diam_mean)
+    with torch.no_grad():
+        model.net.diam_labels.fill_(diam_labels)
+    meta = model.meta
+    meta["diam_labels"] = diam_labels
+    if cfg.get("channels") is not None:
+        meta["channels"] = list(cfg["channels"])
+    start = meta.get("path") or meta.get("source") or meta.get("training", {}).get("start")
+    record = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "start": None if start is None else str(start),
+        "config": {k: v for k, v in cfg.items()},
+        "images": list(dict.fromkeys(n.split("[")[0] for n in samples.names)),
+        "n_samples": len(samples),
+        "epochs_done": int(epochs_done),
+        "cancelled": bool(cancelled),
+        "seconds": round(float(seconds), 1),
+        "loss": [round(float(v), 5) for v in hist["loss"]],
+        "val_epoch": list(hist["val_epoch"]),
+        "val_loss": [round(float(v), 5) for v in hist["val_loss"]],
+        "val_ap": [None if v is None else round(float(v), 4) for v in hist["val_ap"]],
+        "best_epoch": None if best is None else int(best["epoch"]),
+    }
+    meta["training"] = record
+    meta["source"] = "trained"
+    meta.pop("path", None)
+    report(progress, "size", 0, 1, "fitting the size model")
+    try:
+        sm = fit_size(model, samples, progress=None)
+    except ValueError as exc:  # e.g. too few images to fit
+        warnings.warn(f"size model not fitted: {exc}", stacklevel=3)
+        sm = None
+    meta["size_model"] = sm  # the starting model's regression no longer fits the new styles
+    report(progress, "size", 1, 1)
