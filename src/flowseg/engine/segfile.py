@@ -216,7 +216,7 @@ def flow_to_rgb(dP: np.ndarray) -> np.ndarray:
     from skimage.color import hsv2rgb
 
     dP = np.asarray(dP, dtype=np.float32)
-    if dP.ndim < 3 or dP.shape[0] != dP.ndim - 1:
+    if dP.ndim < 3 or dP.shape[0] not in (2, dP.ndim - 1):
         raise ValueError(f"flow field must have shape (ndim, *shape), got {dP.shape}")
     dy, dx = dP[-2], dP[-1]
     mag = np.sqrt((dP ** 2).sum(0))
@@ -243,6 +243,7 @@ def write_seg(
     channels: Sequence[int] = (0, 0),
     filename: str = "",
     ismanual: Optional[np.ndarray] = None,
+    image: Optional[np.ndarray] = None,
 ) -> str:
     """Write masks (and optionally flows) as a Cellpose-compatible ``_seg.npy`` file.
 
@@ -264,6 +265,9 @@ def write_seg(
         Name of the image file the masks belong to.
     ismanual : ndarray, optional
         Bool per mask telling which masks were drawn by hand.
+    image : ndarray, optional
+        The image itself, stored as ``"img"`` (the Cellpose GUI uses it when ``filename``
+        cannot be found).
 
     Returns
     -------
@@ -284,6 +288,8 @@ def write_seg(
     outlines = masks_to_outlines(masks)
     if flows is not None:
         flows = np.asarray(flows, np.float32)
+        if masks.ndim == 3 and flows.shape == (2, *masks.shape):  # slice-by-slice flows
+            flows = np.concatenate([np.zeros((1, *masks.shape), np.float32), flows], 0)
         if flows.shape != (masks.ndim, *masks.shape):
             raise ValueError(f"flows must have shape {(masks.ndim, *masks.shape)}, got {flows.shape}")
     if cellprob is not None:
@@ -312,6 +318,8 @@ def write_seg(
         "flows": flow_list,
         "diameter": float(diameter),
     }
+    if image is not None:
+        dat["img"] = np.asarray(image)
     np.save(path, dat, allow_pickle=True)
     return path
 

@@ -1,0 +1,143 @@
+"""From a napari layer to engine arguments: axes, channels, scale, sizes from Shapes.
+
+Pure functions on layer-like objects (``data``, ``rgb``, ``scale``, ``ndim``), no Qt, so
+they are easy to test.  Every problem a user can cause from the UI is a ``ValueError`` with
+a message the widget shows as a notification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["Axes", "guess_axes", "check_axes", "n_channels", "default_anisotropy",
+           "diameter_from_shapes", "layer_kind"]
+
+MAX_CHANNELS = 8
+
+
+@dataclass(frozen=True)
+class Axes:
+    """Roles of the axes of an image layer's data (``None``: the layer has no such axis)."""
+
+    channel_axis: Optional[int] = None
+    z_axis: Optional[int] = None
+
+
+def layer_kind(layer: Any) -> str:
+    """Lower-case class name of a napari layer (``"image"``, ``"labels"``, ...)."""
+    return type(layer).__name__.lower()
+
+
+def guess_axes(shape: tuple, rgb: bool = False) -> Axes:
+    """Default axes for data of ``shape``: a leading axis of length <= 4 holds channels.
+
+    2D: no channel, no Z.  RGB(A): channels last.  3D: channels when the first (or last)
+    axis is short, otherwise Z first.  4D: channels on the only short leading axis, Z on
+    the other one; anything else is left for the user to choose (None, None).
+    """
+    nd = len(shape)
+    if rgb:
+        return Axes(channel_axis=nd - 1, z_axis=0 if nd == 4 else None)
+    if nd == 2:
+        return Axes()
+    if nd == 3:
+        if shape[0] <= 4:
+            return Axes(channel_axis=0)
+        if shape[-1] <= 4:
+            return Axes(channel_axis=2)
+        return Axes(z_axis=0)
+    if nd == 4:
+        short = [a for a in (0, 1) if shape[a] <= 4]
+        if len(short) == 1:
+            c = short[0]
+            return Axes(channel_axis=c, z_axis=1 - c)
+    return Axes()
+
+
+def check_axes(shape: tuple, axes: Axes, rgb: bool = False) -> None:
+    """Raise ValueError unless ``axes`` leave exactly two (YX) or three (ZYX) spatial axes."""
+    nd = len(shape)
+    used = [a for a in (axes.channel_axis, axes.z_axis) if a is not None]
+    for a in used:
+        if not 0 <= a < nd:
+            raise ValueError(f"axis {a} does not exist in data of shape {shape}")
+    if len(set(used)) != len(used):
+        raise ValueError("the channel axis and the Z axis must be different axes")
+    rest = [a for a in range(nd) if a not in used]
+    if len(rest) == 2:
+        return
+    if len(rest) < 2:
+        raise ValueError(f"image of shape {shape} has fewer than two spatial (Y, X) axes left "
+                         "after removing the channel and Z axes")
+    raise ValueError(
+        f"the image has {nd} dimensions (shape {shape}): choose which axis holds channels "
+        "and/or which is Z, so that only Y and X remain")
+
+
+def n_channels(shape: tuple, axes: Axes) -> int:
+    """Number of channels (1 when there is no channel axis)."""
+    return 1 if axes.channel_axis is None else int(shape[axes.channel_axis])
+
+
+def spatial_scale(scale: Any, axes: Axes, ndim: int, rgb: bool = False) -> list[float]:
+    """Scale of the spatial axes (the channel axis removed; RGB scales have none)."""
+    scale = [float(s) for s in scale]
+    if axes.channel_axis is not None and not rgb and len(scale) == ndim:
+        del scale[axes.channel_axis]
+    return scale
+
+
+def default_anisotropy(scale: Any, axes: Axes, ndim: int, rgb: bool = False) -> float:
+    """Z step over the in-plane pixel size from the layer's scale (1 without Z)."""
+    if axes.z_axis is None:
+        return 1.0
+    sc = [float(s) for s in scale]
+    z = axes.z_axis
+    if not rgb and axes.channel_axis is not None and len(sc) == ndim and axes.channel_axis < z:
+        z -= 1
+    sp = spatial_scale(scale, axes, ndim, rgb)
+    yx = float(np.mean(sp[-2:]))
+    return float(sp[z] / yx) if yx > 0 else 1.0
+
+
+def diameter_from_shapes(shapes_layer: Any, pixel_size: float = 1.0) -> float:
+    """Mean equivalent-circle diameter of the ellipses, rectangles and polygons of a layer.
+
+    Parameters
+    ----------
+    shapes_layer : napari.layers.Shapes
+        Its shapes are measured in world units (the layer's scale applied).
+    pixel_size : float
+        World size of one image pixel (mean Y/X scale of the image layer).
+
+    Returns
+    -------
+    float
+        Diameter in image pixels.
+    """
+    data = list(getattr(shapes_layer, "data", []))
+    types = list(getattr(shapes_layer, "shape_type", []))
+    scale = np.asarray(shapes_layer.scale, float)[-2:]
+    diams = []
+    for pts, kind in zip(data, types):
+        p = np.asarray(pts, float)[:, -2:] * scale
+        if kind in ("ellipse", "rectangle") and len(p) == 4:
+            a = np.linalg.norm(p[1] - p[0])
+            b = np.linalg.norm(p[2] - p[1])
+            area = np.pi * a * b / 4 if kind == "ellipse" else a * b
+        elif kind == "polygon" and len(p) >= 3:
+            y, x = p[:, 0], p[:, 1]
+            area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+        else:
+            continue
+        if area > 0:
+            diams.append(2 * np.sqrt(area / np.pi))
+    if not diams:
+        raise ValueError(f"Shapes layer {shapes_layer.name!r} has no ellipse, rectangle or "
+                         "polygon to measure: draw a few circles around cells")
+    if not pixel_size > 0:
+        raise ValueError(f"pixel size must be > 0, got {pixel_size}")
+    return float(np.mean(diams) / pixel_size)

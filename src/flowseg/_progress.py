@@ -1,0 +1,69 @@
+"""Engine progress events -> a napari progress bar, across threads.
+
+The engine calls the progress callback from the worker thread; a Qt signal carries each
+:class:`~flowseg.engine.progress.ProgressEvent` to the main thread, where the napari
+progress bar (shown in the viewer's activity dock) and an optional status callback are
+updated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from qtpy.QtCore import QObject, Signal
+
+from .engine.progress import ProgressEvent
+
+__all__ = ["ProgressBridge"]
+
+
+class ProgressBridge(QObject):
+    """Thread-safe progress callback driving a napari ``progress`` bar.
+
+    Parameters
+    ----------
+    on_event : callable, optional
+        Called in the main thread with every event (e.g. to show the loss in a label).
+    """
+
+    event = Signal(object)
+
+    def __init__(self, on_event: Optional[Callable[[ProgressEvent], Any]] = None) -> None:
+        super().__init__()
+        self._on_event = on_event
+        self._bar = None
+        self.events: list[ProgressEvent] = []
+        self.event.connect(self._handle)
+
+    def start(self, desc: str) -> None:
+        """Open a fresh progress bar."""
+        from napari.utils import progress
+
+        self.close()
+        self.events = []
+        self._bar = progress(total=0, desc=desc)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        """The engine-side callback (any thread)."""
+        self.event.emit(event)
+
+    def _handle(self, ev: ProgressEvent) -> None:
+        self.events.append(ev)
+        bar = self._bar
+        if bar is not None:
+            desc = ev.stage
+            if "loss" in ev.info:
+                desc += f" (loss {float(ev.info['loss']):.4f})"
+            if bar.total != ev.total:
+                bar.total = ev.total
+            bar.n = min(ev.done, ev.total) if ev.total else ev.done
+            bar.set_description(desc)
+            bar.refresh()
+        if self._on_event is not None:
+            self._on_event(ev)
+
+    def close(self) -> None:
+        """Close the progress bar (safe to call twice)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
