@@ -10,7 +10,6 @@ model folder and selected in the Segment tab.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from typing import Any, Optional
 
@@ -25,20 +24,17 @@ from . import _layers
 from ._inputs import Axes, check_axes, guess_axes
 from ._model_registry import user_model_path, valid_model_name
 from ._progress import ProgressBridge
-from .engine.progress import Cancelled
 
 __all__ = ["TrainPanel", "pair_arrays"]
 
 SLICE_MODES = ("current slice", "all slices with labels")
 
 
-def _train_defaults() -> dict:
-    try:
-        from .engine.train import train
-    except ImportError:  # the engine is older than this widget
-        return {}
-    sig = inspect.signature(train)
-    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+def _recipe_defaults(recipe: str = "finetune") -> dict:
+    """The engine's settings for a training recipe (epochs, learning_rate, ...)."""
+    from .engine.schedule import RECIPES
+
+    return dict(RECIPES.get(recipe, {}))
 
 
 def _z_index(viewer: Any, labels: Any) -> int:
@@ -100,17 +96,16 @@ class TrainPanel(Container):
         self.manual_pairs: list[tuple[Any, Any]] = []
         self.losses: list[float] = []
         self.progress = ProgressBridge(self._on_progress)
-        d = _train_defaults()
+        d = _recipe_defaults("finetune")
         self.pairs = Select(label="training pairs", choices=self._pair_choices)
         self.image = ComboBox(label="add: image", choices=self._image_choices, nullable=True)
         self.labels = ComboBox(label="add: labels", choices=self._labels_choices, nullable=True)
         self.add_btn = PushButton(text="add pair")
         self.slices = ComboBox(label="3D stacks", choices=list(SLICE_MODES))
         self.recipe = ComboBox(label="recipe", choices=["finetune"], value="finetune")
-        self.epochs = SpinBox(label="epochs", min=1, max=10000, value=int(d.get("epochs", 100) or 100))
-        lr = d.get("learning_rate")
-        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4,
-                                          value=float(lr) if lr else 0.001)
+        self.epochs = SpinBox(label="epochs", min=1, max=10000, value=int(d.get("epochs", 100)))
+        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=0.005,
+                                          value=float(d.get("learning_rate", 0.05)))
         self.learning_rate.native.setDecimals(6)
         self.model_name = LineEdit(label="new model name", value="")
         self.train_btn = PushButton(text="Train")
@@ -171,9 +166,12 @@ class TrainPanel(Container):
 
     # ------------------------------------------------------------------ training
     def _on_progress(self, ev: Any) -> None:
-        if "loss" in ev.info:
+        if ev.stage == "epoch" and "loss" in ev.info:
             self.losses.append(float(ev.info["loss"]))
             self.status.value = f"epoch {ev.done}/{ev.total}  loss {float(ev.info['loss']):.4f}"
+        elif ev.stage == "train" and "loss" in ev.info:
+            self.status.value = (f"epoch {int(ev.info.get('epoch', 0)) + 1}  "
+                                 f"batch loss {float(ev.info['loss']):.4f}")
         else:
             self.status.value = f"{ev.stage} {ev.done}/{ev.total}"
 
@@ -199,16 +197,10 @@ class TrainPanel(Container):
             kwargs = dict(recipe=job["recipe"], epochs=job["epochs"],
                           learning_rate=job["learning_rate"], save_path=str(job["path"]),
                           progress=progress, cancel=cancel)
-            params = inspect.signature(train).parameters
-            if "channels" in params:
-                kwargs["channels"] = job["channels"]
-            try:
-                out = train(model, job["images"], job["labels"], **kwargs)
-            except Cancelled:
-                out = None
+            # on cancel, train() stops after the current batch and saves the best so far
+            train(model, job["images"], job["labels"], channels=job["channels"], **kwargs)
             if not job["path"].is_file():
-                trained = out if hasattr(out, "save") else getattr(out, "model", model)
-                trained.save(job["path"], overwrite=True)
+                raise RuntimeError(f"training ended without writing {job['path']}")
             return job["path"]
 
         worker = create_worker(work)

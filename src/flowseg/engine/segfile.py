@@ -353,7 +353,7 @@ def masks_to_rois(masks: np.ndarray) -> list:
             c = max(contours, key=len)
             xy = np.stack([c[:, 1] + x0 - 1 + 0.5, c[:, 0] + y0 - 1 + 0.5], -1)
             name = f"{idx:04d}" if masks.ndim == 2 else f"{z + 1:04d}-{idx:04d}"
-            kwargs = {} if masks.ndim == 2 else {"position": z + 1}
+            kwargs = {} if masks.ndim == 2 else {"position": z}  # 0-based; stored 1-based
             rois.append(roifile.ImagejRoi.frompoints(xy, name=name, **kwargs))
     return rois
 
