@@ -26,21 +26,31 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- train / eval (issue: training)
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from ._cli_train import add_train_args
+
     p = sub.add_parser("train", help="train or fine-tune a model on image + mask folders")
+    add_train_args(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    raise NotImplementedError("flowseg train is being built")
+    from ._cli_train import run_train
+
+    return run_train(args)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score a model on image + mask folders")
+    from ._cli_train import add_eval_args
+
+    p = sub.add_parser("eval", help="score a model on image + mask folders (AP, per-image CSV)")
+    add_eval_args(p)
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    raise NotImplementedError("flowseg eval is being built")
+    from ._cli_train import run_eval
+
+    return run_eval(args)
 
 
 # ---------------------------------------------------------------- entry point
