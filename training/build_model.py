@@ -1,0 +1,119 @@
+"""Rebuild a bundled model from the shared training data with a fixed seed.
+
+Usage (from the repository root)::
+
+    python training/build_model.py nuclei            # -> src/flowseg/models/nuclei.pt
+    python training/build_model.py cyto              # -> src/flowseg/models/cyto.pt
+    python training/build_model.py nuclei --resume   # continue from runs/nuclei.ckpt
+
+The data are read from ``../shared/data`` (never copied into the repository).  A fixed
+validation split (listed in ``training/splits/<model>_val.txt``) is held out and never
+trained on.  Long runs write a checkpoint every few minutes to ``runs/<model>.ckpt`` and can
+be resumed in a later session with ``--resume``; the training log goes to
+``runs/<model>.log``.  After training, ``training/evaluate_model.py`` scores the model on the
+validation split and writes the numbers used by the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from data import RECIPES, load_training_set  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", choices=sorted(RECIPES))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--out", default=None, help="default: src/flowseg/models/<model>.pt")
+    p.add_argument("--runs", default=str(ROOT / "runs"))
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from runs/<model>.ckpt")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop cleanly (keeping a checkpoint) after this many minutes")
+    args = p.parse_args(argv)
+
+    import flowseg
+    from flowseg.engine.progress import ProgressEvent
+
+    cfg = dict(RECIPES[args.model])
+    if args.epochs:
+        cfg["epochs"] = args.epochs
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or ROOT / "src" / "flowseg" / "models" / f"{args.model}.pt")
+    ckpt = runs / f"{args.model}.ckpt"
+    log = open(runs / f"{args.model}.log", "a", buffering=1)
+
+    t0 = time.time()
+    data = load_training_set(args.model, Path(args.data))
+    print(f"{args.model}: {len(data['train_images'])} training images, "
+          f"{len(data['val_images'])} validation images ({time.time() - t0:.0f} s to read)",
+          file=log)
+
+    deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes
+
+    def progress(ev: ProgressEvent) -> None:
+        if ev.stage in ("epoch", "validate", "size") or (ev.stage == "train" and ev.done % 50 == 0):
+            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in ev.info.items())
+            print(f"{time.strftime('%H:%M:%S')} {ev.stage} {ev.done}/{ev.total} {ev.message} {info}",
+                  file=log)
+
+    def cancel() -> bool:
+        return deadline is not None and time.time() > deadline
+
+    res = flowseg.train(
+        None,
+        data["train_images"],
+        data["train_labels"],
+        val_images=data["val_images"],
+        val_labels=data["val_labels"],
+        names=data["train_names"],
+        recipe=cfg["recipe"],
+        epochs=cfg["epochs"],
+        learning_rate=cfg.get("learning_rate"),
+        batch_size=cfg["batch_size"],
+        crop=cfg["crop"],
+        width=cfg["width"],
+        diam_mean=cfg["diam_mean"],
+        channels=cfg["channels"],
+        n_per_epoch=cfg.get("n_per_epoch"),
+        val_every=cfg.get("val_every"),
+        save_path=out,
+        overwrite=True,
+        checkpoint_path=ckpt,
+        checkpoint_every=cfg.get("checkpoint_every", 5.0),
+        resume=ckpt if (args.resume and ckpt.exists()) else None,
+        progress=progress,
+        cancel=cancel,
+        seed=cfg["seed"],
+        threads=args.threads,
+    )
+    summary = {
+        "model": args.model,
+        "cancelled": res.cancelled,
+        "best_epoch": res.best_epoch,
+        "seconds": res.seconds,
+        "crops_per_second": res.crops_per_second,
+        "final_loss": res.history["loss"][-1] if res.history.get("loss") else None,
+        "val_ap": res.history.get("val_ap"),
+    }
+    print(json.dumps(summary), file=log)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

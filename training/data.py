@@ -1,0 +1,127 @@
+"""Training sets and recipes of the bundled models (reads ../shared/data; never copies it).
+
+The validation split of each source is fixed: the first time it is drawn (seeded) its names
+are written to ``training/splits/<source>_val.txt``; later runs read that file, so the split
+never changes even if the shared folder grows.  Validation images are never trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowseg.engine.datasets import load_folder
+from flowseg.engine.synthetic import make_sample
+
+SPLITS = Path(__file__).resolve().parent / "splits"
+
+#: Per-model settings.  Narrow networks and small crops keep CPU training inside a session;
+#: the model cards say so.
+RECIPES: dict[str, dict[str, Any]] = {
+    "nuclei": dict(
+        recipe="from_scratch", epochs=40, learning_rate=0.1, batch_size=8, crop=128,
+        width=16, diam_mean=17.0, channels=None, n_per_epoch=256, val_every=10, seed=17,
+        checkpoint_every=3.0,
+    ),
+    "cyto": dict(
+        recipe="from_scratch", epochs=28, learning_rate=0.1, batch_size=8, crop=160,
+        width=16, diam_mean=30.0, channels=(0, 1), n_per_epoch=256, val_every=10, seed=30,
+        checkpoint_every=3.0,
+    ),
+}
+
+#: validation images per source
+N_VAL = {"dsb2018": 60, "usiigaci": 6}
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """RGB(A) / gray image -> 2D float32 gray (alpha dropped; equal RGB planes -> one plane)."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        rgb = img[..., :3].astype(np.float32)
+        return rgb[..., 0] if np.array_equal(rgb[..., 0], rgb[..., 1]) else rgb.mean(-1)
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2D or RGB(A) image, got shape {img.shape}")
+    return img.astype(np.float32)
+
+
+def val_names(source: str, names: list[str]) -> list[str]:
+    """The fixed validation names of ``source`` (drawn once with seed 2026, then read)."""
+    f = SPLITS / f"{source}_val.txt"
+    if f.exists():
+        return [n for n in f.read_text().split() if n]
+    rng = np.random.default_rng(2026)
+    chosen = sorted(rng.choice(sorted(names), size=N_VAL[source], replace=False).tolist())
+    SPLITS.mkdir(exist_ok=True)
+    f.write_text("\n".join(chosen) + "\n")
+    return chosen
+
+
+def load_source(source: str, data: Path) -> dict[str, list]:
+    """Read a shared folder and split it into train / val by the fixed split."""
+    folder = load_folder(data / source / "train")
+    val = set(val_names(source, folder.names))
+    out: dict[str, list] = {k: [] for k in ("train_images", "train_labels", "train_names",
+                                            "val_images", "val_labels", "val_names")}
+    for img, lab, name in zip(folder.images, folder.labels, folder.names):
+        part = "val" if name in val else "train"
+        out[f"{part}_images"].append(to_gray(img))
+        out[f"{part}_labels"].append(lab)
+        out[f"{part}_names"].append(f"{source}/{name}")
+    return out
+
+
+def _two_channel(gray: np.ndarray) -> np.ndarray:
+    return np.stack([gray, np.zeros_like(gray)], -1)
+
+
+def synthetic_cyto(n: int, seed: int) -> tuple[list, list, list]:
+    """Rendered cytoplasm + nuclear-channel images (fluorescence and phase), varied sizes."""
+    rng = np.random.default_rng(seed)
+    imgs, labs, names = [], [], []
+    for k in range(n):
+        kind = "cells" if k % 2 == 0 else "phase"
+        d = float(rng.uniform(20, 45))
+        s = make_sample(kind, (320, 320), diameter=d, with_nuclei=True,
+                        elongation=float(rng.choice([1.0, 1.0, 1.6, 2.5])), seed=seed + k,
+                        noise=float(rng.uniform(0.5, 2.0)), blur=float(rng.uniform(0.6, 1.6)))
+        imgs.append(s.image)
+        labs.append(s.labels)
+        names.append(f"synthetic/{kind}_{seed + k}")
+    return imgs, labs, names
+
+
+def load_training_set(model: str, data: Path) -> dict[str, list]:
+    """Training and validation lists for a bundled model.
+
+    ``nuclei``: DSB 2018 nuclei (gray).  ``cyto``: Usiigaci phase-contrast cells (repeated 4x
+    so that they make up about half of the draws), a quarter of the DSB nuclei images and 40
+    synthetic cytoplasm + nucleus images, all as 2-channel (cytoplasm, nucleus or zeros);
+    validated on the held-out Usiigaci images.
+    """
+    if model == "nuclei":
+        return load_source("dsb2018", data)
+    if model != "cyto":
+        raise ValueError(f"unknown bundled model {model!r}")
+    cells = load_source("usiigaci", data)
+    nuc = load_source("dsb2018", data)
+    simg, slab, sname = synthetic_cyto(40, seed=3000)
+    tr_i, tr_l, tr_n = [], [], []
+    for _ in range(4):
+        tr_i += [_two_channel(x) for x in cells["train_images"]]
+        tr_l += cells["train_labels"]
+        tr_n += cells["train_names"]
+    keep = slice(0, None, 4)
+    tr_i += [_two_channel(x) for x in nuc["train_images"][keep]]
+    tr_l += nuc["train_labels"][keep]
+    tr_n += nuc["train_names"][keep]
+    tr_i += simg
+    tr_l += slab
+    tr_n += sname
+    return {
+        "train_images": tr_i, "train_labels": tr_l, "train_names": tr_n,
+        "val_images": [_two_channel(x) for x in cells["val_images"]],
+        "val_labels": cells["val_labels"], "val_names": cells["val_names"],
+    }
