@@ -14,7 +14,36 @@ from qtpy.QtCore import QObject, Signal
 
 from .engine.progress import ProgressEvent
 
-__all__ = ["ProgressBridge"]
+__all__ = ["ProgressBridge", "start_worker"]
+
+
+def start_worker(func: Callable[[], Any], on_result: Callable[[Any], Any],
+                 on_error: Callable[[BaseException], Any],
+                 on_finished: Optional[Callable[[], Any]] = None) -> Any:
+    """Run ``func`` in a napari worker thread; results and errors come back in the main thread.
+
+    Exceptions (including :class:`~flowseg.engine.progress.Cancelled`) are caught in the
+    worker and handed to ``on_error``, so the widget -- not napari's generic traceback
+    relay -- tells the user what went wrong, once.
+    """
+    from napari.qt.threading import create_worker
+
+    def work():
+        try:
+            return True, func()
+        except Exception as exc:  # noqa: BLE001 - reported to the user by on_error
+            return False, exc
+
+    def dispatch(out):
+        ok, value = out
+        (on_result if ok else on_error)(value)
+
+    worker = create_worker(work)
+    worker.returned.connect(dispatch)
+    if on_finished is not None:
+        worker.finished.connect(on_finished)
+    worker.start()
+    return worker
 
 
 class ProgressBridge(QObject):
@@ -45,7 +74,10 @@ class ProgressBridge(QObject):
 
     def __call__(self, event: ProgressEvent) -> None:
         """The engine-side callback (any thread)."""
-        self.event.emit(event)
+        try:
+            self.event.emit(event)
+        except RuntimeError:  # the widget was closed while the worker ran
+            pass
 
     def _handle(self, ev: ProgressEvent) -> None:
         self.events.append(ev)

@@ -11,11 +11,11 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox,
                               Label, PushButton, SpinBox)
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from . import _layers
 from ._inputs import Axes, check_axes, layer_kind, n_channels
+from ._progress import start_worker
 from .engine.progress import Cancelled
 
 __all__ = ["build_controls", "build_request", "start_segmentation", "start_recompute",
@@ -150,16 +150,12 @@ def start_segmentation(w: Any, layer: Any = None) -> Any:
         seg = model.segment(data, progress=progress, cancel=cancel, **kwargs)
         return seg
 
-    worker = create_worker(work)
-    worker.returned.connect(lambda seg: _add_outputs(w, req, seg))
-    worker.errored.connect(lambda exc: _on_error(w, exc, "segmentation"))
-    worker.finished.connect(lambda: _finish(w))
-    w.worker = worker
     w._set_running(True)
     w.controls.status.value = "loading model…"
     progress.start(f"segmenting {req['layer'].name}")
-    worker.start()
-    return worker
+    w.worker = start_worker(work, lambda seg: _add_outputs(w, req, seg),
+                            lambda exc: _on_error(w, exc, "segmentation"), lambda: _finish(w))
+    return w.worker
 
 
 def _on_error(w: Any, exc: BaseException, what: str) -> None:
@@ -167,6 +163,9 @@ def _on_error(w: Any, exc: BaseException, what: str) -> None:
         show_info(f"{what} cancelled")
         w.controls.status.value = "cancelled"
     else:
+        import logging
+
+        logging.getLogger("flowseg").error("%s failed", what, exc_info=exc)
         show_error(f"{what} failed: {type(exc).__name__}: {exc}")
         w.controls.status.value = f"error: {exc}"
 
@@ -210,7 +209,6 @@ def start_recompute(w: Any) -> Any:
     kw = dict(cellprob_threshold=float(c.cellprob.value),
               flow_threshold=float(c.flow_threshold.value), min_size=int(c.min_size.value))
     seg = res["seg"]
-    worker = create_worker(lambda: seg.recompute(**kw))
 
     def done(new):
         res["seg"] = new
@@ -231,12 +229,10 @@ def start_recompute(w: Any) -> Any:
             w._recompute_pending = False
             start_recompute(w)
 
-    worker.returned.connect(done)
-    worker.errored.connect(lambda exc: _on_error(w, exc, "mask recomputation"))
-    worker.finished.connect(finished)
-    w._recompute_worker = worker
-    worker.start()
-    return worker
+    w._recompute_worker = start_worker(lambda: seg.recompute(**kw), done,
+                                       lambda exc: _on_error(w, exc, "mask recomputation"),
+                                       finished)
+    return w._recompute_worker
 
 
 def update_diameter_preview(w: Any) -> None:

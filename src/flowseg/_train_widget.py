@@ -17,13 +17,12 @@ import numpy as np
 from magicgui.widgets import (ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton,
                               Select, SpinBox)
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from . import _layers
 from ._inputs import Axes, check_axes, guess_axes
 from ._model_registry import user_model_path, valid_model_name
-from ._progress import ProgressBridge
+from ._progress import ProgressBridge, start_worker
 
 __all__ = ["TrainPanel", "pair_arrays"]
 
@@ -203,15 +202,14 @@ class TrainPanel(Container):
                 raise RuntimeError(f"training ended without writing {job['path']}")
             return job["path"]
 
-        worker = create_worker(work)
-        worker.returned.connect(self._trained)
-        worker.errored.connect(lambda exc: (show_error(f"training failed: {type(exc).__name__}: {exc}"),
-                                            setattr(self.status, "value", f"error: {exc}")))
-        worker.finished.connect(self._finished)
-        self.worker = worker
+        def failed(exc):
+            show_error(f"training failed: {type(exc).__name__}: {exc}")
+            self.status.value = f"error: {exc}"
+
         self.train_btn.enabled, self.cancel_btn.enabled = False, True
         self.progress.start(f"training {job['path'].stem}")
-        worker.start()
+        worker = start_worker(work, self._trained, failed, self._finished)
+        self.worker = worker
         return worker
 
     def _job(self) -> dict:

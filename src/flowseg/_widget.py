@@ -17,7 +17,6 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox,
                               Label, PushButton, SpinBox)
 from napari.layers import Image, Labels, Shapes
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QTabWidget, QVBoxLayout, QWidget
@@ -84,6 +83,9 @@ class SegmentWidget(QWidget):
             ev.connect(self._reset_choices)
         self._reset_choices()
         self._on_image_changed()
+        # closing the viewer mid-run: stop the workers (they check these events)
+        events = (self.cancel_event, self.train_panel.cancel_event)
+        self.destroyed.connect(lambda *_: [e.set() for e in events])
 
     # ------------------------------------------------------------------ layer & model lists
     def _reset_choices(self, event: Any = None) -> None:
@@ -225,17 +227,21 @@ class SegmentWidget(QWidget):
 
         def work():
             model = self.load_model(req["model_path"], req["device"])
-            return model.estimate_diameter(req["data"], channels=req["channels"],
-                                           channel_axis=req["channel_axis"], z_axis=req["z_axis"])
+            data, cax, zax = np.asarray(req["data"]), req["channel_axis"], req["z_axis"]
+            if zax is not None:  # the size model works in 2D: use the middle slice
+                data = np.take(data, data.shape[zax] // 2, axis=zax)
+                if cax is not None and cax > zax:
+                    cax -= 1
+            return model.estimate_diameter(data, channels=req["channels"], channel_axis=cax,
+                                           progress=self.progress, cancel=self.cancel_event)
 
         def done(d):
             self.controls.diameter.value = round(float(d), 1)
             show_info(f"estimated diameter: {float(d):.1f} px")
 
-        worker = create_worker(work)
-        worker.returned.connect(done)
-        worker.errored.connect(lambda exc: show_error(f"diameter estimate failed: {exc}"))
-        worker.start()
+        from ._progress import start_worker
+
+        worker = start_worker(work, done, lambda exc: show_error(f"diameter estimate failed: {exc}"))
         return worker
 
     def _update_preview(self, value: Any = None) -> None:
@@ -263,6 +269,8 @@ class SegmentWidget(QWidget):
         self.controls.status.value = "cancelling…"
 
     def _show_progress(self, ev: Any) -> None:
+        if self.cancel_event.is_set():
+            return
         txt = f"{ev.stage} {ev.done}/{ev.total}" if ev.total else ev.stage
         self.controls.status.value = txt
 

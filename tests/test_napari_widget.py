@@ -1,0 +1,229 @@
+"""The "Segment cells" dock widget in a real napari viewer (runs under xvfb-run)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from flowseg import _layers, _segment_controls  # noqa: E402
+from flowseg._widget import SegmentWidget  # noqa: E402
+from flowseg.engine.progress import check_cancel, report  # noqa: E402
+from flowseg.engine.segmentation import Segmentation, compute_masks  # noqa: E402
+from flowseg.engine.synthetic import make_sample  # noqa: E402
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    """A user model folder holding one tiny untrained model."""
+    from flowseg.engine.model import Model
+
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(d))
+    Model.new(width=8, nchan=2, diam_mean=17.0, seed=0).save(d / "tiny.pt")
+    return d
+
+
+@pytest.fixture
+def sample():
+    return make_sample(kind="nuclei", shape=(160, 160), diameter=16, seed=4)
+
+
+class OracleModel:
+    """Stands in for the network: exact flows from ground truth, graded cell probability.
+
+    The masks still come from the engine's dynamics (``compute_masks``), so thresholds act
+    on them exactly as on a real network's output.
+    """
+
+    def __init__(self, labels, steps=4, delay=0.0):
+        from scipy import ndimage as ndi
+
+        from flowseg.engine.flows import masks_to_flows
+
+        self.labels, self.steps, self.delay, self.calls = labels, steps, delay, 0
+        self.flows = masks_to_flows(labels)
+        self.cellprob = (ndi.distance_transform_edt(labels > 0) - 1.5).astype(np.float32)
+
+    def segment(self, image, *, progress=None, cancel=None, cellprob_threshold=0.0,
+                flow_threshold=0.4, min_size=15, diameter=None, **kw):
+        self.calls += 1
+        for i in range(self.steps):
+            check_cancel(cancel)
+            time.sleep(self.delay)
+            report(progress, "tiles", i + 1, self.steps)
+        params = dict(cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
+                      min_size=min_size)
+        masks = compute_masks(self.flows, self.cellprob, **params)
+        return Segmentation(masks, self.flows, self.cellprob, np.zeros(256, np.float32),
+                            float(diameter or 16.0), params)
+
+
+def _widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-flowseg", "Segment cells")
+    assert isinstance(w, SegmentWidget)
+    return viewer, w
+
+
+def _use_oracle(w, oracle):
+    w._model_cache[(str(w.controls.model.value), w.controls.device.value)] = oracle
+
+
+def _wait_run(qtbot, w, timeout=60000):
+    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    from flowseg import _widget
+
+    shown = []
+    monkeypatch.setattr(_segment_controls, "show_error", shown.append)
+    monkeypatch.setattr(_widget, "show_error", shown.append)
+    return shown
+
+
+def test_dock_from_manifest_lists_models(make_napari_viewer, model_dir):
+    viewer, w = _widget(make_napari_viewer)
+    labels = [lab for lab, _ in w.model_choices()]
+    assert "tiny" in labels and labels[-1] == "load file…"
+    assert w.controls.image.value is None  # no image yet
+
+
+def test_run_outputs_and_threshold_recompute(make_napari_viewer, model_dir, sample, qtbot):
+    viewer, w = _widget(make_napari_viewer)
+    img = viewer.add_image(sample.image[..., 0], scale=(0.5, 0.5), translate=(3, 4), name="nuc")
+    oracle = OracleModel(sample.labels)
+    _use_oracle(w, oracle)
+    assert w.controls.image.value is img
+    w.controls.diameter.value = 16
+    w.run()
+    _wait_run(qtbot, w)
+    outs = {_layers.role_of(ly): ly for ly in _layers.find_outputs(viewer.layers, img)}
+    assert set(outs) == {"masks", "flows", "cellprob", "flow_rgb"}
+    masks = outs["masks"]
+    assert isinstance(masks, napari.layers.Labels) and isinstance(outs["flows"], napari.layers.Vectors)
+    assert not outs["cellprob"].visible and not outs["flow_rgb"].visible and outs["flow_rgb"].rgb
+    np.testing.assert_allclose(masks.scale, (0.5, 0.5))
+    np.testing.assert_allclose(masks.translate, (3, 4))
+    assert masks.metadata["flowseg"]["params"]["diameter"] == 16
+    n_true = len(np.unique(sample.labels)) - 1
+    n = len(np.unique(masks.data)) - 1
+    assert abs(n - n_true) <= 0.1 * n_true
+    # thresholds: masks change, the model is not called again
+    before = masks.data.copy()
+    w.controls.cellprob.value = 2.5
+    qtbot.waitUntil(lambda: not np.array_equal(masks.data, before), timeout=20000)
+    qtbot.waitUntil(lambda: w._recompute_worker is None, timeout=20000)
+    assert oracle.calls == 1
+    assert (masks.data > 0).sum() < (before > 0).sum()
+    assert masks.metadata["flowseg"]["params"]["cellprob_threshold"] == 2.5
+    # rerun replaces this image's outputs only
+    other = viewer.add_image(sample.image[..., 0], name="other")
+    w.run()
+    _wait_run(qtbot, w)
+    assert masks not in viewer.layers
+    assert len(_layers.find_outputs(viewer.layers, img)) == 4
+    assert _layers.find_outputs(viewer.layers, other) == []
+
+
+def test_real_network_run_and_recompute_without_network(make_napari_viewer, model_dir, sample,
+                                                        qtbot, monkeypatch):
+    from flowseg.engine.net import FlowNet
+
+    calls = []
+    orig = FlowNet.forward
+    monkeypatch.setattr(FlowNet, "forward", lambda self, x: (calls.append(1), orig(self, x))[1])
+    viewer, w = _widget(make_napari_viewer)
+    img = viewer.add_image(sample.image[..., 0], name="nuc")
+    w.controls.diameter.value = 17
+    w.run()
+    _wait_run(qtbot, w)
+    assert calls, "the network was not called"
+    outs = {_layers.role_of(ly): ly for ly in _layers.find_outputs(viewer.layers, img)}
+    assert outs["masks"].data.shape == img.data.shape
+    n = len(calls)
+    w.controls.cellprob.value = -3.0
+    w.controls.flow_threshold.value = 1.0
+    qtbot.wait(300)
+    qtbot.waitUntil(lambda: w._recompute_worker is None and not w._debounce.isActive(), timeout=20000)
+    assert outs["masks"].metadata["flowseg"]["params"]["cellprob_threshold"] == -3.0
+    assert len(calls) == n
+
+
+def test_cancel_leaves_no_layers_and_can_rerun(make_napari_viewer, model_dir, sample, qtbot):
+    viewer, w = _widget(make_napari_viewer)
+    img = viewer.add_image(sample.image[..., 0], name="nuc")
+    slow = OracleModel(sample.labels, steps=200, delay=0.05)
+    _use_oracle(w, slow)
+    n_layers = len(viewer.layers)
+    t0 = time.monotonic()
+    w.run()
+    qtbot.waitUntil(lambda: bool(w.progress.events), timeout=10000)
+    assert not w.controls.run_btn.enabled and w.controls.cancel_btn.enabled
+    w.controls.cancel_btn.clicked()
+    _wait_run(qtbot, w, timeout=10000)
+    assert time.monotonic() - t0 < 5.0  # the full run would take 10 s
+    assert len(viewer.layers) == n_layers and not _layers.find_outputs(viewer.layers, img)
+    assert w.controls.run_btn.enabled and not w.controls.cancel_btn.enabled
+    assert w.controls.status.value == "cancelled"
+    _use_oracle(w, OracleModel(sample.labels))
+    w.run()
+    _wait_run(qtbot, w)
+    assert len(_layers.find_outputs(viewer.layers, img)) == 4
+
+
+def test_wrong_inputs_are_notifications(make_napari_viewer, model_dir, sample, errors):
+    viewer, w = _widget(make_napari_viewer)
+    assert w.run() is None
+    assert "no image layer" in errors[-1]
+    lab = viewer.add_labels(sample.labels, name="lab")
+    assert w.run(lab) is None
+    assert "is a labels layer" in errors[-1]
+    viewer.add_image(np.zeros((5, 6, 32, 32), np.float32), name="4d")
+    assert w.controls.channel_axis.value is None and w.controls.z_axis.value is None
+    assert w.run() is None
+    assert "4 dimensions" in errors[-1]
+    # choosing the axes makes it valid
+    w.controls.z_axis.value = 1
+    w.controls.channel_axis.value = 0
+    req = w.request()
+    assert req["z_axis"] == 1 and req["channel_axis"] == 0 and req["do_3d"]
+    assert len(errors) == 3
+
+
+def test_multichannel_3d_sample_defaults(make_napari_viewer, model_dir):
+    viewer, w = _widget(make_napari_viewer)
+    (layer,) = viewer.open_sample("napari-flowseg", "cells3d")
+    layer.scale = (1, 2.0, 0.5, 0.5)
+    w._on_image_changed()
+    c = w.controls
+    assert (c.channel_axis.value, c.z_axis.value) == (0, 1)
+    assert (c.cyto.value, c.nucleus.value) == (0, 1)
+    assert c.do_3d.value and c.anisotropy.value == pytest.approx(4.0)
+    req = w.request()
+    assert req["channels"] == (0, 1) and req["anisotropy"] == pytest.approx(4.0)
+    place = _layers.spatial_placement(layer, 0)
+    assert place["scale"] == (2.0, 0.5, 0.5)
+
+
+def test_diameter_from_shapes_and_preview(make_napari_viewer, model_dir, sample, errors):
+    viewer, w = _widget(make_napari_viewer)
+    viewer.add_image(sample.image[..., 0], scale=(0.5, 0.5), name="nuc")
+    preview = [ly for ly in viewer.layers if _layers.role_of(ly) == "diameter_preview"]
+    assert len(preview) == 1
+    w.controls.diameter.value = 20
+    (ell,) = preview[0].data
+    assert np.ptp(ell[:, 0]) == pytest.approx(20)
+    assert w.diameter_from_shapes() is None and "no Shapes layer" in errors[-1]
+    shapes = viewer.add_shapes([np.array([[0, 0], [0, 10], [10, 10], [10, 0]])] * 2,
+                               shape_type="ellipse", name="circles")
+    w.controls.shapes.value = shapes
+    d = w.diameter_from_shapes()
+    assert d == pytest.approx(20.0)  # 10 world units / 0.5 per pixel
+    assert w.controls.diameter.value == pytest.approx(20.0)
