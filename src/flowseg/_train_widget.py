@@ -93,6 +93,7 @@ class TrainPanel(Container):
         self.cancel_event = threading.Event()
         self.worker = None
         self.manual_pairs: list[tuple[Any, Any]] = []
+        self._seen: set = set()  # (id(image), id(labels)) of pairs already offered
         self.losses: list[float] = []
         self.progress = ProgressBridge(self._on_progress)
         d = _recipe_defaults("finetune")
@@ -141,13 +142,14 @@ class TrainPanel(Container):
         return [(f"{i.name}  ↔  {m.name}", (i, m)) for i, m in self.candidate_pairs()]
 
     def reset_choices(self, *args: Any) -> None:
-        """Refresh the layer lists; pairs new since the last refresh are selected."""
-        before = {id(v) for v in self.pairs.value} if self.pairs.choices else set()
-        old_choices = list(self.pairs.choices)
+        """Refresh the layer lists; pairs not seen before are selected, others keep their state."""
+        selected = {(id(i), id(m)) for i, m in self.pairs.value}
         for w in (self.pairs, self.image, self.labels):
             w.reset_choices()
-        new = [v for v in self.pairs.choices if v not in old_choices]
-        keep = [v for v in self.pairs.choices if id(v) in before or v in new]
+        choices = list(self.pairs.choices)
+        keep = [(i, m) for i, m in choices
+                if (id(i), id(m)) in selected or (id(i), id(m)) not in self._seen]
+        self._seen = {(id(i), id(m)) for i, m in choices}
         self.pairs.value = keep
         if not self.model_name.value:
             self.model_name.value = "my-model"
@@ -160,8 +162,8 @@ class TrainPanel(Container):
             show_error("choose an image layer and a labels layer to add a training pair")
             return
         self.manual_pairs.append((image, labels))
+        self._seen.discard((id(image), id(labels)))
         self.reset_choices()
-        self.pairs.value = list(self.pairs.value) + [(image, labels)]
 
     # ------------------------------------------------------------------ training
     def _on_progress(self, ev: Any) -> None:
