@@ -1,0 +1,244 @@
+"""``Model.segment``: image -> normalised channels -> network (tiled) -> flows -> masks.
+
+The pipeline follows the Cellpose method:
+
+1. pick the cytoplasm (+ nucleus) channels (:func:`~flowseg.engine.transforms.prepare_channels`)
+   and normalise each channel to its 1st..99th percentiles (over the whole volume for 3D);
+2. resize by ``diam_mean / diameter`` so objects have the size the network was trained for;
+3. run the network in overlapping, taper-blended tiles (:mod:`flowseg.engine.tiling`);
+4. resize the outputs back to the image, divide the flow maps by 5 (the network predicts 5x
+   unit flows) and follow the flows to masks (:func:`flowseg.engine.dynamics.flows_to_masks`),
+   with ``niter = 200 * diameter / diam_mean`` Euler steps unless ``niter`` is given.
+
+3D volumes go through :mod:`flowseg.engine.infer3d`; a stack with ``do_3d=False`` is segmented
+slice by slice and, with ``stitch_threshold > 0``, stitched across z.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+import numpy as np
+
+from .progress import CancelToken, ProgressCallback, check_cancel, report
+from .segmentation import Segmentation, compute_masks
+from .tiling import run_tiled
+from .transforms import find_channel_axis, normalize_percentile, prepare_channels, resize_image
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import Model
+
+__all__ = ["segment", "prepare_input", "check_diameter", "default_niter"]
+
+Normalize = Union[bool, Sequence[float]]
+
+
+def check_diameter(diameter: Optional[float]) -> Optional[float]:
+    """Validate a user diameter (None, or a finite number > 0)."""
+    if diameter is None:
+        return None
+    try:
+        d = float(diameter)
+    except (TypeError, ValueError):
+        raise ValueError(f"diameter must be a number > 0 or None, got {diameter!r}") from None
+    if not math.isfinite(d) or d <= 0:
+        raise ValueError(f"diameter must be a finite number > 0 (or None to estimate it), "
+                         f"got {diameter!r}")
+    return d
+
+
+def default_niter(diameter: float, diam_mean: float) -> int:
+    """Euler steps for the dynamics at image resolution (200 at the model's diameter)."""
+    return max(20, int(round(200.0 * diameter / diam_mean)))
+
+
+def _spatial_ndim(image: np.ndarray, channel_axis: Optional[int], z_axis: Optional[int],
+                  do_3d: bool, stitch_threshold: float) -> int:
+    nd = image.ndim
+    if nd < 2:
+        raise ValueError(f"image must have at least 2 axes (Y, X), got shape {image.shape}")
+    if nd > 4:
+        raise ValueError(f"image of shape {image.shape} has {nd} axes; at most 4 are supported "
+                         "(Z, Y, X, channels): select a time point / position first")
+    if do_3d or z_axis is not None or stitch_threshold > 0:
+        if nd == 2 or (nd == 3 and channel_axis is not None):
+            raise ValueError(f"3D segmentation needs a volume (Z, Y, X[, C]); got shape "
+                             f"{image.shape}" + (f" with channel_axis={channel_axis}"
+                                                 if channel_axis is not None else ""))
+        return 3
+    if nd == 2:
+        return 2
+    if nd == 4:
+        return 3
+    if channel_axis is not None:
+        return 2
+    try:
+        find_channel_axis(image.shape, 2)
+        return 2
+    except ValueError:
+        return 3  # (Z, Y, X) stack without a small axis: slice by slice
+
+
+def _normalize_arg(normalize: Normalize, model: "Model") -> Optional[tuple[float, float]]:
+    if normalize is True:
+        return model.normalize
+    if normalize is False or normalize is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in normalize)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"normalize must be True, False or (lo, hi) percentiles, "
+                         f"got {normalize!r}") from None
+    return lo, hi
+
+
+def prepare_input(model: "Model", image: np.ndarray, *, channels=None, channel_axis=None,
+                  z_axis=None, do_3d: bool = False, stitch_threshold: float = 0.0,
+                  normalize: Normalize = True) -> tuple[np.ndarray, int]:
+    """Validate, select channels and normalise; returns ``(x (…, nchan) float32, spatial_ndim)``."""
+    image = np.asarray(image)
+    if image.dtype == object or not (np.issubdtype(image.dtype, np.number)
+                                     or image.dtype == bool):
+        raise ValueError(f"image must be a numeric array, got dtype {image.dtype}")
+    if np.iscomplexobj(image):
+        raise ValueError("image must be real-valued, got a complex array")
+    sdim = _spatial_ndim(image, channel_axis, z_axis, do_3d, stitch_threshold)
+    x = prepare_channels(image, channels, channel_axis, nchan=model.nchan, spatial_ndim=sdim,
+                         z_axis=z_axis)
+    if x.size == 0 or min(x.shape[:-1]) == 0:
+        raise ValueError(f"image is empty (spatial shape {x.shape[:-1]})")
+    if not np.isfinite(x).all():
+        raise ValueError("image contains NaN or infinite values in the selected channels; "
+                         "replace them (e.g. np.nan_to_num) before segmenting")
+    pr = _normalize_arg(normalize, model)
+    if pr is not None:
+        x = normalize_percentile(x, pr[0], pr[1], channel_axis=-1)
+    return x, sdim
+
+
+def _run_2d(model: "Model", x: np.ndarray, rescale: float, *, bsize: int, tile_overlap: float,
+            batch_size: int, augment: bool, progress, cancel) -> tuple[np.ndarray, np.ndarray]:
+    """Network outputs for ``x`` (N, H, W, C) at image resolution: (N, 3, H, W), (N, S)."""
+    N, H, W, _ = x.shape
+    ys, styles = [], []
+    # resize slab by slab so a big stack never exists twice at the model's scale
+    slab = max(1, int(batch_size)) * 4
+    for s in range(0, N, slab):
+        check_cancel(cancel)
+        xs = x[s:s + slab]
+        if rescale != 1.0:
+            xs = resize_image(xs, scale=rescale)
+        y, st = run_tiled(model.net, xs, bsize=bsize, tile_overlap=tile_overlap,
+                          batch_size=batch_size, augment=augment, cancel=cancel,
+                          progress=progress if N == 1 else None, stage="network")
+        if N > 1:
+            report(progress, "network", min(s + slab, N), N, "running the network on slices")
+        if y.shape[-2:] != (H, W):
+            y = resize_image(y, (H, W), channels_last=False)
+        ys.append(y)
+        styles.append(st)
+    return np.concatenate(ys, 0), np.concatenate(styles, 0)
+
+
+def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=None,
+            z_axis=None, diameter: Optional[float] = None, do_3d: bool = False,
+            anisotropy: Optional[float] = None, stitch_threshold: float = 0.0,
+            augment: bool = False, tile_overlap: float = 0.1, batch_size: int = 8,
+            normalize: Normalize = True, cellprob_threshold: float = 0.0,
+            flow_threshold: float = 0.4, min_size: int = 15, niter: Optional[int] = None,
+            bsize: int = 224, progress: Optional[ProgressCallback] = None,
+            cancel: CancelToken = None) -> Segmentation:
+    """Segment a 2D image, a stack of 2D slices or a 3D volume.
+
+    Parameters
+    ----------
+    model : Model
+    image : np.ndarray
+        2D ``(Y, X)``, 2D with channels ``(Y, X, C)`` / ``(C, Y, X)``, or 3D ``(Z, Y, X[, C])``.
+    channels : (int, int or None), optional
+        0-based ``(cyto, nucleus)`` channel indices (see :mod:`flowseg.engine.transforms`).
+    channel_axis, z_axis : int, optional
+        Axes of channels / z (auto-detected when None).
+    diameter : float, optional
+        Object diameter in pixels; None: estimated with the model's size model if it has one,
+        else the model's ``diam_mean`` (no resizing; recorded in ``params["diameter_source"]``).
+    do_3d : bool
+        Full 3D segmentation (three slice orientations, 3D dynamics).
+    anisotropy : float, optional
+        Z step / XY pixel size for 3D (e.g. 2.0 when z is sampled half as densely).
+    stitch_threshold : float
+        With ``do_3d=False`` on a volume: segment each slice in 2D and stitch masks across z
+        when their IoU exceeds this threshold (0: independent slices).
+    augment, tile_overlap, batch_size, bsize
+        Tiling options (see :func:`flowseg.engine.tiling.run_tiled`).
+    normalize : bool or (lo, hi)
+        Percentile normalisation (True: the model's own percentiles).
+    cellprob_threshold, flow_threshold, min_size, niter
+        Mask parameters (see :func:`flowseg.flows_to_masks`); ``niter=None`` scales with the
+        diameter (200 steps at the model's ``diam_mean``).
+    progress, cancel
+        Progress callback and cancel token (:mod:`flowseg.engine.progress`).
+
+    Returns
+    -------
+    Segmentation
+    """
+    diameter = check_diameter(diameter)
+    if not 0.0 <= float(stitch_threshold) <= 1.0:
+        raise ValueError(f"stitch_threshold must be in [0, 1], got {stitch_threshold}")
+    if do_3d and stitch_threshold > 0:
+        raise ValueError("use either do_3d=True or stitch_threshold > 0, not both")
+    if anisotropy is not None and not (math.isfinite(float(anisotropy)) and anisotropy > 0):
+        raise ValueError(f"anisotropy must be a finite number > 0, got {anisotropy!r}")
+    if min_size is None or int(min_size) < -1:
+        raise ValueError(f"min_size must be an integer >= -1, got {min_size!r}")
+    report(progress, "prepare", 0, 1, "normalising")
+    x, sdim = prepare_input(model, image, channels=channels, channel_axis=channel_axis,
+                            z_axis=z_axis, do_3d=do_3d, stitch_threshold=stitch_threshold,
+                            normalize=normalize)
+    report(progress, "prepare", 1, 1, "normalising")
+    check_cancel(cancel)
+    source = "given"
+    if diameter is None:
+        if model.size_model is not None:
+            from .size import estimate_diameter_prepared
+
+            ref = x if sdim == 2 else x[x.shape[0] // 2]
+            diameter = estimate_diameter_prepared(model, ref, batch_size=batch_size,
+                                                  progress=progress, cancel=cancel)
+            source = "estimated" if sdim == 2 else "estimated (middle slice)"
+        else:
+            diameter = model.diam_mean
+            source = "model diam_mean (no size model; pass diameter to resize)"
+    rescale = model.diam_mean / diameter
+    if niter is None:
+        niter = default_niter(diameter, model.diam_mean)
+    params: dict[str, Any] = dict(cellprob_threshold=float(cellprob_threshold),
+                                  flow_threshold=float(flow_threshold), min_size=int(min_size),
+                                  niter=int(niter), stitch_threshold=float(stitch_threshold),
+                                  diameter_source=source, do_3d=bool(do_3d and sdim == 3),
+                                  rescale=rescale)
+    opts = dict(bsize=bsize, tile_overlap=tile_overlap, batch_size=batch_size, augment=augment,
+                progress=progress, cancel=cancel)
+    if sdim == 3 and do_3d:
+        from .infer3d import run_3d
+
+        flows, cellprob, styles = run_3d(model, x, rescale, anisotropy=anisotropy, **opts)
+        params["anisotropy"] = None if anisotropy is None else float(anisotropy)
+    else:
+        stack = x if sdim == 3 else x[None]
+        y, styles = _run_2d(model, stack, rescale, **opts)
+        del stack
+        flows = np.ascontiguousarray(np.moveaxis(y[:, :2], 1, 0)) * np.float32(0.2)
+        cellprob = np.ascontiguousarray(y[:, 2])
+        del y
+        if sdim == 2:
+            flows, cellprob, styles = flows[:, 0], cellprob[0], styles[0]
+    check_cancel(cancel)
+    masks = compute_masks(flows, cellprob, cellprob_threshold=params["cellprob_threshold"],
+                          flow_threshold=params["flow_threshold"], min_size=params["min_size"],
+                          niter=params["niter"], stitch_threshold=params["stitch_threshold"],
+                          progress=progress, cancel=cancel)
+    return Segmentation(masks=masks, flows=flows, cellprob=cellprob, styles=styles,
+                        diameter=float(diameter), params=params)
