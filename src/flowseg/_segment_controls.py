@@ -139,6 +139,7 @@ def start_segmentation(w: Any, layer: Any = None) -> Any:
         show_error(str(exc))
         return None
     w.cancel_event.clear()
+    w._run_done = False
     progress, cancel = w.progress, w.cancel_event
 
     def work():
@@ -159,6 +160,7 @@ def start_segmentation(w: Any, layer: Any = None) -> Any:
 
 
 def _on_error(w: Any, exc: BaseException, what: str) -> None:
+    w._run_done = True
     if isinstance(exc, Cancelled):
         show_info(f"{what} cancelled")
         w.controls.status.value = "cancelled"
@@ -179,6 +181,7 @@ def _finish(w: Any) -> None:
 def _add_outputs(w: Any, req: dict, seg: Any) -> None:
     """Replace this image's previous outputs with the new ones."""
     viewer, source = w.viewer, req["layer"]
+    w._run_done = True
     if source not in viewer.layers:
         show_warning(f"image layer {source.name!r} was removed during the run; result dropped")
         return

@@ -58,6 +58,7 @@ class SegmentWidget(QWidget):
         self.worker = None
         self._recompute_worker = None
         self._recompute_pending = False
+        self._run_done = False
         self._results: dict[str, dict] = {}  # source unique_id -> {"seg", "layers", "params"}
         self._model_cache: dict[tuple, Any] = {}
         self._extra_models: list[tuple[str, str]] = []  # files loaded by the user
@@ -269,8 +270,8 @@ class SegmentWidget(QWidget):
         self.controls.status.value = "cancelling…"
 
     def _show_progress(self, ev: Any) -> None:
-        if self.cancel_event.is_set():
-            return
+        if self.cancel_event.is_set() or self.worker is None or self._run_done:
+            return  # late events of a finished or cancelled run
         txt = f"{ev.stage} {ev.done}/{ev.total}" if ev.total else ev.stage
         self.controls.status.value = txt
 
