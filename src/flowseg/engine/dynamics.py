@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import dynamics_kernels as K
-from .flows import masks_to_flows
+from .flows import masks_to_flows, parallel_ranges
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["MaskResult", "compute_masks", "flows_to_masks", "follow_flows", "flow_errors"]
@@ -85,7 +85,7 @@ def _check_inputs(flows, cellprob) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
         if a.size and not np.isfinite(a).all():
             raise ValueError(f"{name} contain NaN or infinite values")
-    return fl.astype(np.float32, copy=False), cp
+    return np.ascontiguousarray(fl, dtype=np.float32), cp
 
 
 def follow_flows(flows: np.ndarray, points: np.ndarray, niter: int = DEFAULT_NITER, *,
@@ -103,9 +103,9 @@ def follow_flows(flows: np.ndarray, points: np.ndarray, niter: int = DEFAULT_NIT
     tol : float
         Early-stop tolerance in pixels: a point whose position repeats within ``tol``
         after one step (fixed point) or two steps (period-2 oscillation) is stopped and
-        placed where it would be after ``niter`` steps.  0 runs every point for all steps
-        (plain Euler integration; the early stop changes end points by at most a fraction
-        of a pixel and only saves time).
+        placed where it would be after ``niter`` steps.  0 stops only exact repeats, which
+        is the plain Euler integration; a small ``tol`` moves end points by a fraction of
+        a pixel and saves most of the steps.
 
     Returns
     -------
@@ -114,25 +114,29 @@ def follow_flows(flows: np.ndarray, points: np.ndarray, niter: int = DEFAULT_NIT
     work : int
         Number of point-steps computed.
     """
-    ndim = flows.shape[0]
-    shape = flows.shape[1:]
-    fl = np.ascontiguousarray(np.moveaxis(flows.astype(np.float32, copy=False), 0, -1)).ravel()
-    p = [np.ascontiguousarray(points[d], dtype=np.float32) for d in range(ndim)]
+    fl = np.ascontiguousarray(np.moveaxis(np.asarray(flows, np.float32), 0, -1)).ravel()
+    return _follow(fl, flows.shape[1:], np.asarray(points, np.float32), niter, tol)
+
+
+def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: float):
+    """:func:`follow_flows` on the interleaved flattened field ``fl``."""
+    ndim = len(shape)
+    p = [np.array(points[d], dtype=np.float32) for d in range(ndim)]
     if p[0].size == 0:
         return np.zeros((ndim, 0), np.float32), 0
     if ndim == 2:
-        work = K.follow_2d(fl, shape[0], shape[1], p[0], p[1], int(niter), float(tol))
+        work = parallel_ranges(K.follow_2d, p[0].size, fl, shape[0], shape[1], p[0], p[1],
+                               args_after=(int(niter), float(tol)))
     else:
-        work = K.follow_3d(fl, shape[0], shape[1], shape[2], p[0], p[1], p[2], int(niter),
-                           float(tol))
-    return np.stack(p), int(work)
+        work = parallel_ranges(K.follow_3d, p[0].size, fl, shape[0], shape[1], shape[2],
+                               p[0], p[1], p[2], args_after=(int(niter), float(tol)))
+    return np.stack(p), int(sum(work))
 
 
 def _cluster(end_points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Label (1..n, 0 = none) of every end point: histogram seeds grown over dense bins."""
     shp = np.asarray(shape, np.int64)
-    ip = end_points.astype(np.int64)  # truncation (points are >= 0)
-    flat = np.ravel_multi_index(tuple(ip), shape)
+    flat = K.end_bins(end_points, shp)
     h = K.histogram(flat, int(np.prod(shape)))
     seeds = K.find_seeds(h, shp, 10, 2)
     if seeds.size == 0:
@@ -162,11 +166,9 @@ def flow_errors(masks: np.ndarray, flows: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros(0, np.float32)
     own = masks_to_flows(masks)
-    d2 = ((own - flows) ** 2).sum(0)
-    flat = masks.ravel()
-    sums = np.bincount(flat, weights=d2.ravel(), minlength=n + 1)[1:]
-    cnt = np.bincount(flat, minlength=n + 1)[1:]
-    return (sums / np.maximum(cnt, 1)).astype(np.float32)
+    nd = masks.ndim
+    return K.error_sums(masks.ravel(), own.reshape(nd, -1),
+                        np.asarray(flows, np.float32).reshape(nd, -1), n)
 
 
 def _fill_holes(masks: np.ndarray) -> None:
@@ -209,18 +211,20 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
         raise ValueError(f"max_size_fraction must be > 0, got {max_size_fraction}")
     shape = cp.shape
     ndim = cp.ndim
-    fg = cp > cellprob_threshold
-    pts = np.stack(np.nonzero(fg)) if fg.any() else np.zeros((ndim, 0), np.int64)
-    if pts.shape[1] == 0:
-        return MaskResult(np.zeros(shape, np.int32), pts, pts.astype(np.float32), niter=niter)
     check_cancel(cancel)
     report(progress, "dynamics", 0, 3)
-    ends, work = follow_flows(fl * fg, pts, niter, tol=converge_tol)
+    flm, flat = K.prepare(fl.reshape(ndim, -1), np.ascontiguousarray(cp, np.float32).ravel(),
+                          np.float32(cellprob_threshold))
+    pts = np.stack(np.unravel_index(flat, shape)) if flat.size else np.zeros((ndim, 0),
+                                                                               np.int64)
+    if flat.size == 0:
+        return MaskResult(np.zeros(shape, np.int32), pts, pts.astype(np.float32), niter=niter)
+    ends, work = _follow(flm, shape, pts, niter, converge_tol)
     check_cancel(cancel)
     report(progress, "dynamics", 1, 3)
     lab = _cluster(ends, shape)
     masks = np.zeros(shape, np.int32)
-    masks[tuple(pts)] = lab
+    masks.ravel()[flat] = lab
     # remove masks that are too big, renumber
     counts = np.bincount(lab, minlength=1)
     keep = counts <= max_size_fraction * masks.size

@@ -8,7 +8,7 @@ computed as unsigned integers so numba skips its negative-index checks.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _BLOCK = 256  # points integrated together: independent work hides the per-step latency
 
@@ -20,37 +20,40 @@ _BLOCK = 256  # points integrated together: independent work hides the per-step 
 # steps (the plain Euler integration).
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def follow_2d(fl, H, W, py, px, niter, tol):
-    """Euler-integrate points ``(py, px)`` in place through the bilinear flow ``fl``.
-
-    ``fl`` is the flattened ``(H, W, 2)`` field; each step moves a point by the flow
-    interpolated at its position and clips it to the image.  Returns the number of
-    point-steps done.
-    """
-    n = py.shape[0]
-    nblocks = (n + _BLOCK - 1) // _BLOCK
+@njit(cache=True, nogil=True, fastmath=True)
+def follow_2d(fl, H, W, py, px, start, stop, niter, tol):
+    """Euler-integrate points ``start..stop-1`` of ``(py, px)`` in place through the
+    bilinear flow ``fl`` (the flattened ``(H, W, 2)`` field): each step moves a point by
+    the flow interpolated at its position and clips it to the image.  Returns the number
+    of point-steps computed."""
     ymax, xmax = np.float32(H - 1), np.float32(W - 1)
     zero, one = np.float32(0.0), np.float32(1.0)
     w2 = np.uint64(2 * W)
     u0, u1, u2 = np.uint64(0), np.uint64(1), np.uint64(2)
     tol = np.float32(tol)
-    work = np.zeros(nblocks, np.int64)
-    for b in prange(nblocks):
-        s = b * _BLOCK
-        e = min(n, s + _BLOCK)
-        act = np.arange(s, e)
-        qy = np.full(e - s, np.float32(-1e9))  # positions one step ago
-        qx = np.full(e - s, np.float32(-1e9))
-        na = e - s
+    work = 0
+    # local copies of the active points; finished points are swapped out of the range
+    ly = np.empty(_BLOCK, np.float32)
+    lx = np.empty(_BLOCK, np.float32)
+    qy = np.empty(_BLOCK, np.float32)  # positions one step ago
+    qx = np.empty(_BLOCK, np.float32)
+    idx = np.empty(_BLOCK, np.int64)
+    for s in range(start, stop, _BLOCK):
+        na = min(stop, s + _BLOCK) - s
+        for k in range(na):
+            ly[k] = py[s + k]
+            lx[k] = px[s + k]
+            qy[k] = np.float32(-1e9)
+            qx[k] = np.float32(-1e9)
+            idx[k] = s + k
         t = 0
         while t < niter and na > 0:
-            work[b] += na
-            k2 = 0
-            while k2 < na:
-                k = act[k2]
-                y = py[k]
-                x = px[k]
+            work += na
+            odd = (niter - t - 1) % 2 == 1
+            k = 0
+            while k < na:
+                y = ly[k]
+                x = lx[k]
                 jy = np.int64(y)
                 jx = np.int64(x)
                 fy = y - np.float32(jy)
@@ -69,56 +72,63 @@ def follow_2d(fl, H, W, py, px, niter, tol):
                       + a11 * fl[i11 + u1])
                 ny = min(ymax, max(zero, y + vy))
                 nx = min(xmax, max(zero, x + vx))
-                j = k - s
-                if abs(ny - y) <= tol and abs(nx - x) <= tol:
-                    py[k] = ny
-                    px[k] = nx
+                fixed = abs(ny - y) <= tol and abs(nx - x) <= tol
+                cycle = abs(ny - qy[k]) <= tol and abs(nx - qx[k]) <= tol
+                if fixed or cycle:
+                    if cycle and not fixed and odd:
+                        ny, nx = y, x
+                    py[idx[k]] = ny
+                    px[idx[k]] = nx
                     na -= 1
-                    act[k2] = act[na]
-                elif abs(ny - qy[j]) <= tol and abs(nx - qx[j]) <= tol:
-                    if (niter - t - 1) % 2 == 0:
-                        py[k] = ny
-                        px[k] = nx
-                    na -= 1
-                    act[k2] = act[na]
+                    ly[k], lx[k], qy[k], qx[k], idx[k] = ly[na], lx[na], qy[na], qx[na], idx[na]
                 else:
-                    qy[j] = y
-                    qx[j] = x
-                    py[k] = ny
-                    px[k] = nx
-                    k2 += 1
+                    qy[k] = y
+                    qx[k] = x
+                    ly[k] = ny
+                    lx[k] = nx
+                    k += 1
             t += 1
-    return work.sum()
+        for k in range(na):
+            py[idx[k]] = ly[k]
+            px[idx[k]] = lx[k]
+    return work
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def follow_3d(fl, D, H, W, pz, py, px, niter, tol):
+@njit(cache=True, nogil=True, fastmath=True)
+def follow_3d(fl, D, H, W, pz, py, px, start, stop, niter, tol):
     """3D version of :func:`follow_2d` (trilinear interpolation of ``(D, H, W, 3)``)."""
-    n = pz.shape[0]
-    nblocks = (n + _BLOCK - 1) // _BLOCK
     zmax, ymax, xmax = np.float32(D - 1), np.float32(H - 1), np.float32(W - 1)
     zero, one = np.float32(0.0), np.float32(1.0)
     sx, sy, sz = np.uint64(3), np.uint64(3 * W), np.uint64(3 * W * H)
     u0, u1, u2 = np.uint64(0), np.uint64(1), np.uint64(2)
     tol = np.float32(tol)
-    work = np.zeros(nblocks, np.int64)
-    for b in prange(nblocks):
-        s = b * _BLOCK
-        e = min(n, s + _BLOCK)
-        act = np.arange(s, e)
-        qz = np.full(e - s, np.float32(-1e9))
-        qy = np.full(e - s, np.float32(-1e9))
-        qx = np.full(e - s, np.float32(-1e9))
-        na = e - s
+    work = 0
+    lz = np.empty(_BLOCK, np.float32)
+    ly = np.empty(_BLOCK, np.float32)
+    lx = np.empty(_BLOCK, np.float32)
+    qz = np.empty(_BLOCK, np.float32)
+    qy = np.empty(_BLOCK, np.float32)
+    qx = np.empty(_BLOCK, np.float32)
+    idx = np.empty(_BLOCK, np.int64)
+    for s in range(start, stop, _BLOCK):
+        na = min(stop, s + _BLOCK) - s
+        for k in range(na):
+            lz[k] = pz[s + k]
+            ly[k] = py[s + k]
+            lx[k] = px[s + k]
+            qz[k] = np.float32(-1e9)
+            qy[k] = np.float32(-1e9)
+            qx[k] = np.float32(-1e9)
+            idx[k] = s + k
         t = 0
         while t < niter and na > 0:
-            work[b] += na
-            k2 = 0
-            while k2 < na:
-                k = act[k2]
-                z = pz[k]
-                y = py[k]
-                x = px[k]
+            work += na
+            odd = (niter - t - 1) % 2 == 1
+            k = 0
+            while k < na:
+                z = lz[k]
+                y = ly[k]
+                x = lx[k]
                 jz = np.int64(z)
                 jy = np.int64(y)
                 jx = np.int64(x)
@@ -137,10 +147,11 @@ def follow_3d(fl, D, H, W, pz, py, px, niter, tol):
                 i110 = i100 + dy1
                 i111 = i110 + dx1
                 gz, gy, gx = one - fz, one - fy, one - fx
-                a000, a001 = gz * gy * gx, gz * gy * fx
-                a010, a011 = gz * fy * gx, gz * fy * fx
-                a100, a101 = fz * gy * gx, fz * gy * fx
-                a110, a111 = fz * fy * gx, fz * fy * fx
+                b00, b01, b10, b11 = gz * gy, gz * fy, fz * gy, fz * fy
+                a000, a001 = b00 * gx, b00 * fx
+                a010, a011 = b01 * gx, b01 * fx
+                a100, a101 = b10 * gx, b10 * fx
+                a110, a111 = b11 * gx, b11 * fx
                 vz = (a000 * fl[i000] + a001 * fl[i001] + a010 * fl[i010] + a011 * fl[i011]
                       + a100 * fl[i100] + a101 * fl[i101] + a110 * fl[i110]
                       + a111 * fl[i111])
@@ -153,31 +164,32 @@ def follow_3d(fl, D, H, W, pz, py, px, niter, tol):
                 nz = min(zmax, max(zero, z + vz))
                 ny = min(ymax, max(zero, y + vy))
                 nx = min(xmax, max(zero, x + vx))
-                j = k - s
-                if abs(nz - z) <= tol and abs(ny - y) <= tol and abs(nx - x) <= tol:
-                    pz[k] = nz
-                    py[k] = ny
-                    px[k] = nx
+                fixed = abs(nz - z) <= tol and abs(ny - y) <= tol and abs(nx - x) <= tol
+                cycle = (abs(nz - qz[k]) <= tol and abs(ny - qy[k]) <= tol
+                         and abs(nx - qx[k]) <= tol)
+                if fixed or cycle:
+                    if cycle and not fixed and odd:
+                        nz, ny, nx = z, y, x
+                    pz[idx[k]] = nz
+                    py[idx[k]] = ny
+                    px[idx[k]] = nx
                     na -= 1
-                    act[k2] = act[na]
-                elif (abs(nz - qz[j]) <= tol and abs(ny - qy[j]) <= tol
-                      and abs(nx - qx[j]) <= tol):
-                    if (niter - t - 1) % 2 == 0:
-                        pz[k] = nz
-                        py[k] = ny
-                        px[k] = nx
-                    na -= 1
-                    act[k2] = act[na]
+                    lz[k], ly[k], lx[k] = lz[na], ly[na], lx[na]
+                    qz[k], qy[k], qx[k], idx[k] = qz[na], qy[na], qx[na], idx[na]
                 else:
-                    qz[j] = z
-                    qy[j] = y
-                    qx[j] = x
-                    pz[k] = nz
-                    py[k] = ny
-                    px[k] = nx
-                    k2 += 1
+                    qz[k] = z
+                    qy[k] = y
+                    qx[k] = x
+                    lz[k] = nz
+                    ly[k] = ny
+                    lx[k] = nx
+                    k += 1
             t += 1
-    return work.sum()
+        for k in range(na):
+            pz[idx[k]] = lz[k]
+            py[idx[k]] = ly[k]
+            px[idx[k]] = lx[k]
+    return work
 
 
 @njit(cache=True)
@@ -337,3 +349,62 @@ def relabel_raster(masks, keep):
             new[v] = n
         masks[f] = new[v]
     return n
+
+
+@njit(cache=True, nogil=True)
+def prepare(flows, cellprob, threshold):
+    """One pass over the image: the flows interleaved ``(*shape, ndim)`` and set to 0 where
+    ``cellprob <= threshold``, and the flat indices of the pixels above the threshold."""
+    ndim = flows.shape[0]
+    n = cellprob.shape[0]
+    fl = np.zeros(n * ndim, np.float32)
+    count = 0
+    for f in range(n):
+        if cellprob[f] > threshold:
+            count += 1
+    flat = np.empty(count, np.int64)
+    j = 0
+    for f in range(n):
+        if cellprob[f] > threshold:
+            flat[j] = f
+            j += 1
+            for c in range(ndim):
+                fl[f * ndim + c] = flows[c, f]
+    return fl, flat
+
+
+@njit(cache=True, nogil=True)
+def end_bins(ends, shape):
+    """Flat bin index of every end point (coordinates truncated; they are >= 0)."""
+    ndim = ends.shape[0]
+    n = ends.shape[1]
+    out = np.empty(n, np.int64)
+    for k in range(n):
+        f = 0
+        for d in range(ndim):
+            f = f * shape[d] + min(np.int64(ends[d, k]), shape[d] - 1)
+        out[k] = f
+    return out
+
+
+@njit(cache=True, nogil=True)
+def error_sums(masks, own, given, n):
+    """Per mask id ``1..n``: mean over its pixels of sum_c (own - given)^2."""
+    ndim = own.shape[0]
+    sums = np.zeros(n + 1, np.float64)
+    cnt = np.zeros(n + 1, np.int64)
+    for f in range(masks.shape[0]):
+        m = masks[f]
+        if m == 0:
+            continue
+        acc = 0.0
+        for c in range(ndim):
+            d = own[c, f] - given[c, f]
+            acc += d * d
+        sums[m] += acc
+        cnt[m] += 1
+    out = np.zeros(n, np.float32)
+    for i in range(1, n + 1):
+        if cnt[i] > 0:
+            out[i - 1] = sums[i] / cnt[i]
+    return out

@@ -15,20 +15,23 @@ For every object, on its bounding box padded by one pixel:
   the reference CPU path), divided by its length.  Pixels where the gradient is exactly 0
   (1-pixel objects, pieces of an object not connected to its centre) get flow 0.
 
-The work is done per object on its box, in parallel over objects (numba ``prange``), so the
+The work is done per object on its box, in parallel over objects (threads), so the
 cost scales with the objects' area, not the image area.  3D labels use a true 3D diffusion
 (the reference CPU path instead sums 2D flows of the three slice orientations).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
-from numba import njit, prange
+import numba
+from numba import njit
 from scipy import ndimage as ndi
 
-__all__ = ["masks_to_flows", "check_labels", "compress_ids", "object_boxes"]
+__all__ = ["masks_to_flows", "check_labels", "compress_ids", "object_boxes", "parallel_ranges",
+           "n_threads"]
 
 
 def check_labels(labels, name: str = "labels") -> np.ndarray:
@@ -273,26 +276,48 @@ def _object_3d(lab, lid, z0, y0, x0, z1, y1, x1, niter_fixed, use_mean, out):
                         out[2, z0 + a - 1, y0 + i - 1, x0 + j - 1] = dx / nrm
 
 
-@njit(cache=True, parallel=True)
-def _flows_2d(lab, ids, lo, hi, niter_fixed, use_mean, out):
-    for p in prange(ids.shape[0]):
+@njit(cache=True, nogil=True)
+def _flows_2d(lab, ids, lo, hi, start, stop, niter_fixed, use_mean, out):
+    for p in range(start, stop):
         _object_2d(lab, ids[p], lo[p, 0], lo[p, 1], hi[p, 0], hi[p, 1], niter_fixed,
                    use_mean, out)
 
 
-@njit(cache=True, parallel=True)
-def _flows_3d(lab, ids, lo, hi, niter_fixed, use_mean, out):
-    for p in prange(ids.shape[0]):
+@njit(cache=True, nogil=True)
+def _flows_3d(lab, ids, lo, hi, start, stop, niter_fixed, use_mean, out):
+    for p in range(start, stop):
         _object_3d(lab, ids[p], lo[p, 0], lo[p, 1], lo[p, 2], hi[p, 0], hi[p, 1], hi[p, 2],
                    niter_fixed, use_mean, out)
 
 
-def _balanced_order(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Object order that spreads large boxes evenly over the static prange chunks."""
-    size = np.prod(hi - lo, axis=1)
-    order = np.argsort(-size, kind="stable")
-    # deal the sorted objects round-robin into 8 blocks, then concatenate the blocks
-    return np.concatenate([order[k::8] for k in range(8)])
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_N = 0
+
+
+def n_threads() -> int:
+    """Worker threads for the engine kernels (numba's thread count, e.g. NUMBA_NUM_THREADS)."""
+    return max(1, int(numba.get_num_threads()))
+
+
+def parallel_ranges(kernel, n: int, *args, args_after: tuple = (), chunks_per_thread: int = 4):
+    """Run ``kernel(*args, start, stop, *args_after)`` over ``range(n)`` split in chunks.
+
+    The kernels are numba functions compiled with ``nogil=True``; a thread pool runs the
+    chunks concurrently (cheaper to compile than numba ``parallel=True``, and chunks are
+    scheduled dynamically).  Returns the list of kernel results.
+    """
+    global _POOL, _POOL_N
+    nt = n_threads()
+    if nt == 1 or n < 2:
+        return [kernel(*args, 0, n, *args_after)]
+    if _POOL is None or _POOL_N != nt:
+        _POOL = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="flowseg")
+        _POOL_N = nt
+    nch = min(n, nt * chunks_per_thread)
+    edges = np.linspace(0, n, nch + 1).astype(np.int64)
+    futs = [_POOL.submit(kernel, *args, int(a), int(b), *args_after)
+            for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [f.result() for f in futs]
 
 
 def masks_to_flows(labels, *, niter: Optional[int] = None, center: str = "median") -> np.ndarray:
@@ -335,11 +360,11 @@ def masks_to_flows(labels, *, niter: Optional[int] = None, center: str = "median
     ids, lo, hi = object_boxes(lab)
     if ids.size == 0:
         return out
-    order = _balanced_order(lo, hi)
+    # largest boxes first so the dynamically scheduled chunks end together
+    order = np.argsort(-np.prod(hi - lo, axis=1), kind="stable")
     ids, lo, hi = ids[order].astype(lab.dtype), lo[order], hi[order]
     nfix = 0 if niter is None else int(niter)
-    if lab.ndim == 2:
-        _flows_2d(lab, ids, lo, hi, nfix, center == "mean", out)
-    else:
-        _flows_3d(lab, ids, lo, hi, nfix, center == "mean", out)
+    kernel = _flows_2d if lab.ndim == 2 else _flows_3d
+    parallel_ranges(kernel, ids.size, lab, ids, lo, hi,
+                    args_after=(nfix, center == "mean", out), chunks_per_thread=8)
     return out
