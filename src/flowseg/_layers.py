@@ -111,7 +111,10 @@ def flow_vectors(flows: np.ndarray, step: int, max_vectors: int = 40000) -> tupl
     pos, vec = pos[keep], vec[keep]
     if hi > 0:
         vec = vec / hi * 0.9 * step
-    rgb = flow_to_rgb(flows[(slice(None), *pos.T)][:, None, :]).reshape(-1, 3) if len(pos) else np.zeros((0, 3), np.uint8)
+    if len(pos):  # colour by in-plane (Y, X) direction, as the flow colour image
+        rgb = flow_to_rgb(flows[(slice(-2, None), *pos.T)][:, None, :]).reshape(-1, 3)
+    else:
+        rgb = np.zeros((0, 3), np.uint8)
     colors = np.concatenate([rgb / 255.0, np.ones((len(rgb), 1))], 1)
     data = np.stack([pos.astype(np.float32), vec.astype(np.float32)], 1)
     return data, colors

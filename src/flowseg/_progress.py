@@ -36,7 +36,13 @@ def start_worker(func: Callable[[], Any], on_result: Callable[[Any], Any],
 
     def dispatch(out):
         ok, value = out
-        (on_result if ok else on_error)(value)
+        if not ok:
+            on_error(value)
+            return
+        try:
+            on_result(value)
+        except Exception as exc:  # noqa: BLE001 - e.g. a layer could not be made
+            on_error(exc)
 
     worker = create_worker(work)
     worker.returned.connect(dispatch)

@@ -197,6 +197,11 @@ def _add_outputs(w: Any, req: dict, seg: Any) -> None:
     w._results[str(source.unique_id)] = {"seg": seg, "layers": made, "params": params}
     n = int(len(np.unique(seg.masks)) - 1)
     w.controls.status.value = f"{n} objects (diameter {seg.diameter:.1f} px)"
+    cax, zax = req["channel_axis"], req["z_axis"]
+    if cax is not None and zax is not None and zax < cax and not source.rgb:
+        show_warning("the image has Z before its channel axis; napari lines up the (Z, Y, X) "
+                     "outputs with the image's last axes, so they may look misplaced: put the "
+                     "channel axis first (e.g. numpy.moveaxis) for an exact overlay")
     w.train_panel.reset_choices()
 
 
