@@ -141,6 +141,29 @@ def _run_2d(model: "Model", x: np.ndarray, rescale: float, *, bsize: int, tile_o
     return np.concatenate(ys, 0), np.concatenate(styles, 0)
 
 
+_EMPTY_LOGIT = -20.0
+
+
+def _is_constant(x: np.ndarray) -> bool:
+    """Whether every channel of ``x`` is constant (no information: nothing to segment)."""
+    flat = x.reshape(-1, x.shape[-1])
+    return bool(np.all(flat.max(0) == flat.min(0)))
+
+
+def _empty(model: "Model", x: np.ndarray, sdim: int, diameter: Optional[float],
+           params: dict) -> Segmentation:
+    """The well-defined result for an image without content: no objects."""
+    spatial = x.shape[:-1]
+    nflow = 3 if params["do_3d"] else 2
+    styles = np.zeros(model.net.nbase[-1], np.float32)
+    if sdim == 3 and not params["do_3d"]:
+        styles = np.zeros((spatial[0], styles.size), np.float32)
+    return Segmentation(masks=np.zeros(spatial, np.int32),
+                        flows=np.zeros((nflow, *spatial), np.float32),
+                        cellprob=np.full(spatial, _EMPTY_LOGIT, np.float32), styles=styles,
+                        diameter=float(diameter or model.diam_mean), params=params)
+
+
 def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=None,
             z_axis=None, diameter: Optional[float] = None, do_3d: bool = False,
             anisotropy: Optional[float] = None, stitch_threshold: float = 0.0,
@@ -199,6 +222,11 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
                             normalize=normalize)
     report(progress, "prepare", 1, 1, "normalising")
     check_cancel(cancel)
+    if _is_constant(x):
+        return _empty(model, x, sdim, diameter, dict(
+            cellprob_threshold=float(cellprob_threshold), flow_threshold=float(flow_threshold),
+            min_size=int(min_size), niter=niter, stitch_threshold=float(stitch_threshold),
+            diameter_source="constant image: nothing to segment", do_3d=bool(do_3d and sdim == 3)))
     source = "given"
     if diameter is None:
         if model.size_model is not None:

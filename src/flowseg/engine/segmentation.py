@@ -63,7 +63,8 @@ def compute_masks(flows: np.ndarray, cellprob: np.ndarray, *, cellprob_threshold
     if stitch_threshold > 0 and nz > 1:
         from .stitch import stitch_masks
 
-        masks = np.asarray(stitch_masks(masks, stitch_threshold=float(stitch_threshold)),
+        masks = np.asarray(stitch_masks(masks, iou_threshold=float(stitch_threshold),
+                                              cancel=cancel),
                            dtype=np.int32)
         if min_size > 0:
             masks = _remove_small(masks, int(min_size))
