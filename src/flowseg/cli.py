@@ -16,12 +16,17 @@ from ._version import __version__
 
 # ---------------------------------------------------------------- segment (issue: network)
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment images into cell masks")
+    from ._cli_segment import add_segment_args
+
+    p = sub.add_parser("segment", help="segment images into cell masks (try: --sample)")
+    add_segment_args(p)
     p.set_defaults(func=_run_segment)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    raise NotImplementedError("flowseg segment is being built")
+    from ._cli_segment import run_segment
+
+    return run_segment(args)
 
 
 # ---------------------------------------------------------------- train / eval (issue: training)

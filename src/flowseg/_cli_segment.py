@@ -1,0 +1,230 @@
+"""``flowseg segment``: argument definitions and the work behind them.
+
+:mod:`flowseg.cli` calls :func:`add_segment_args` / :func:`run_segment`.  Images are read
+from files and folders (TIFF, PNG/JPEG, ``.npy``), segmented with one model, and masks are
+written as ``<name>_masks.tif`` (or ``.png`` / ``.npy``) next to each image or into ``--out``.
+Progress goes to tqdm through the engine's progress protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+_OUTPUT_MARKERS = ("_masks", "_flows", "_cellprob", "_seg", "_cp_masks")
+
+
+def add_segment_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``flowseg segment``."""
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    p.add_argument("--sample", action="store_true",
+                   help="segment the bundled sample image 'cells' (no PATH needed)")
+    p.add_argument("--model", default=None, metavar="NAME|FILE",
+                   help="bundled model name or a flowseg / Cellpose 1-3 model file "
+                        "(default: the bundled 'cyto')")
+    p.add_argument("--diameter", type=float, default=None, metavar="D",
+                   help="object diameter in pixels (default: estimate with the model's size "
+                        "model, or the model's own diameter)")
+    p.add_argument("--channels", nargs=2, default=None, metavar=("C", "N"),
+                   help="0-based cytoplasm and nucleus channel indices; N may be 'none'")
+    p.add_argument("--channel-axis", type=int, default=None, help="axis holding channels")
+    p.add_argument("--z-axis", type=int, default=None, help="z axis of 3D images")
+    p.add_argument("--3d", dest="do_3d", action="store_true", help="full 3D segmentation")
+    p.add_argument("--stitch", type=float, default=0.0, metavar="IOU",
+                   help="for stacks: 2D per slice, stitched across z at this IoU (e.g. 0.5)")
+    p.add_argument("--anisotropy", type=float, default=None, metavar="A",
+                   help="z step / pixel size for 3D (e.g. 2.0)")
+    p.add_argument("--cellprob-threshold", type=float, default=0.0)
+    p.add_argument("--flow-threshold", type=float, default=0.4)
+    p.add_argument("--min-size", type=int, default=15)
+    p.add_argument("--augment", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: next to each image)")
+    p.add_argument("--format", choices=("tif", "png", "npy"), default="tif",
+                   help="mask file format (default tif)")
+    p.add_argument("--save-flows", action="store_true",
+                   help="also write <name>_flows.tif: flows and cell probability (float32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _channels(values: Optional[list[str]]):
+    if values is None:
+        return None
+    out: list[Optional[int]] = []
+    for v in values:
+        if v.lower() in ("none", "-"):
+            out.append(None)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise ValueError(f"--channels takes two 0-based indices (nucleus may be 'none'), "
+                             f"got {values}") from None
+    return tuple(out)
+
+
+def _is_output(p: Path) -> bool:
+    stem = p.name.split(".")[0]
+    return any(stem.endswith(m) for m in _OUTPUT_MARKERS)
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Image files named by ``paths`` (files, or folders scanned non-recursively)."""
+    files: list[Path] = []
+    for s in paths:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir()
+                           if q.suffix.lower() in IMAGE_SUFFIXES and not _is_output(q)
+                           and not q.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            files += found
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"{p}: unsupported image type {p.suffix!r} "
+                                 f"(use {', '.join(IMAGE_SUFFIXES)})")
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a TIFF, PNG/JPEG or ``.npy`` image (``.npy`` without pickles)."""
+    suf = path.suffix.lower()
+    if suf in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    if suf == ".npy":
+        return np.load(path, allow_pickle=False)
+    import skimage.io
+
+    return np.asarray(skimage.io.imread(path))
+
+
+def write_masks(masks: np.ndarray, path: Path, fmt: str) -> Path:
+    """Write int labels as uint16 (or uint32 beyond 65535 objects)."""
+    m = masks.astype(np.uint16 if masks.max(initial=0) < 65536 else np.uint32)
+    out = path.with_suffix(f".{fmt}")
+    if fmt == "tif":
+        import tifffile
+
+        tifffile.imwrite(out, m, compression="zlib")
+    elif fmt == "npy":
+        np.save(out, masks.astype(np.int32))
+    else:
+        if m.ndim != 2 or m.dtype != np.uint16:
+            raise ValueError(f"PNG masks must be 2D with < 65536 objects (got shape {m.shape}, "
+                             f"{int(masks.max())} objects): use --format tif")
+        import skimage.io
+
+        skimage.io.imsave(out, m, check_contrast=False)
+    return out
+
+
+class _Bars:
+    """Progress callback: one tqdm bar per stage of the current image."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.stage = ""
+
+    def __call__(self, ev) -> None:
+        if not self.enabled or ev.total <= 1:
+            return
+        from tqdm import tqdm
+
+        if ev.stage != self.stage or self.bar is None:
+            self.close()
+            self.stage = ev.stage
+            self.bar = tqdm(total=ev.total, desc=f"  {ev.stage}", leave=False, file=sys.stderr)
+        self.bar.n = ev.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _load_model(name: Optional[str], device: Optional[str]):
+    from .engine.model import Model, available_models
+
+    if name is None:
+        if "cyto" not in available_models():
+            raise ValueError("no model given and the bundled 'cyto' model is not installed "
+                             f"(bundled: {', '.join(available_models()) or 'none'}); pass "
+                             "--model FILE (a flowseg model or a Cellpose 1-3 weight file, "
+                             "e.g. ~/.cellpose/models/cyto3) or train one with `flowseg train`")
+        name = "cyto"
+    return Model.load(name, device=device)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """Segment every image and write the masks; returns the exit code."""
+    from tqdm import tqdm
+
+    if args.diameter is not None and args.diameter <= 0:
+        args.diameter = None  # 0 = estimate, as in Cellpose
+    if not args.paths and not args.sample:
+        raise ValueError("give image files/folders, or --sample to try the bundled sample")
+    kw = dict(channels=_channels(args.channels), channel_axis=args.channel_axis,
+              z_axis=args.z_axis, diameter=args.diameter, do_3d=args.do_3d,
+              anisotropy=args.anisotropy, stitch_threshold=args.stitch, augment=args.augment,
+              batch_size=args.batch_size, cellprob_threshold=args.cellprob_threshold,
+              flow_threshold=args.flow_threshold, min_size=args.min_size)
+    jobs: list[tuple[str, Any, Path, dict]] = []
+    if args.sample:
+        from .engine.samples import load_sample
+
+        img, info = load_sample("cells")
+        out_dir = Path(args.out) if args.out else Path.cwd()
+        skw = dict(kw)
+        if skw["channels"] is None:
+            skw["channels"] = info["channels"]
+        jobs.append(("sample 'cells'", img, out_dir / "sample_cells_masks", {**skw, "_info": info}))
+    files = collect_images(args.paths) if args.paths else []
+    for f in files:
+        out_dir = Path(args.out) if args.out else f.parent
+        jobs.append((str(f), f, out_dir / f"{f.name.split('.')[0]}_masks", kw))
+    model = _load_model(args.model, args.device)
+    print(f"model: {model}", file=sys.stderr)
+    bars = _Bars(not args.no_progress)
+    outer = tqdm(jobs, desc="images", disable=args.no_progress or len(jobs) < 2, file=sys.stderr)
+    for label, src, dst, jkw in outer:
+        jkw = dict(jkw)
+        info = jkw.pop("_info", None)
+        image = read_image(src) if isinstance(src, Path) else src
+        try:
+            seg = model.segment(image, progress=bars, **jkw)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from None
+        finally:
+            bars.close()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        out = write_masks(seg.masks, dst, args.format)
+        msg = (f"{label}: {seg.n_objects} objects (diameter {seg.diameter:.1f} px, "
+               f"{seg.params.get('diameter_source')}) -> {out}")
+        if info is not None and info.get("labels") is not None:
+            from .engine.metrics import average_precision
+
+            ap = average_precision(info["labels"], seg.masks, thresholds=(0.5, 0.75, 0.9))
+            msg += f"  [AP@0.5/0.75/0.9 vs ground truth: {ap[0]:.3f}/{ap[1]:.3f}/{ap[2]:.3f}]"
+        tqdm.write(msg, file=sys.stdout)
+        if args.save_flows:
+            import tifffile
+
+            fpath = dst.parent / (dst.name[: -len("_masks")] + "_flows.tif")
+            stack = np.concatenate([seg.flows, seg.cellprob[None]], 0).astype(np.float32)
+            tifffile.imwrite(fpath, stack, compression="zlib")
+    return 0
