@@ -29,7 +29,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import dynamics_kernels as K
+from . import dynamics_kernels as KD
+from . import masks_kernels as K
 from .flows import masks_to_flows, parallel_ranges
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
@@ -125,10 +126,10 @@ def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: f
     if p[0].size == 0:
         return np.zeros((ndim, 0), np.float32), 0
     if ndim == 2:
-        work = parallel_ranges(K.follow_2d, p[0].size, fl, shape[0], shape[1], p[0], p[1],
+        work = parallel_ranges(KD.follow_2d, p[0].size, fl, shape[0], shape[1], p[0], p[1],
                                args_after=(int(niter), float(tol)))
     else:
-        work = parallel_ranges(K.follow_3d, p[0].size, fl, shape[0], shape[1], shape[2],
+        work = parallel_ranges(KD.follow_3d, p[0].size, fl, shape[0], shape[1], shape[2],
                                p[0], p[1], p[2], args_after=(int(niter), float(tol)))
     return np.stack(p), int(sum(work))
 
