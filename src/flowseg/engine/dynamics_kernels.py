@@ -11,13 +11,80 @@ import numpy as np
 from numba import njit
 
 _BLOCK = 256  # points integrated together: independent work hides the per-step latency
+_CHUNK = 4  # steps between convergence checks (the step loop itself stays branch-free)
 
 # Early stop.  Following unit flows, a point runs to its cell's sink and then settles,
-# geometrically, on a fixed point or (most often) a period-2 oscillation around it.  A point
-# whose position repeats within ``tol`` after 1 step (fixed point) or 2 steps (2-cycle) is
-# stopped and placed where it would be after the remaining steps (for a 2-cycle: the phase
-# matching the parity of the remaining steps).  With tol = 0 every point runs ``niter``
-# steps (the plain Euler integration).
+# geometrically, on a fixed point or (most often) a period-2 oscillation around it.  Every
+# _CHUNK steps, a point whose position repeats within ``tol`` after 1 step (fixed point)
+# or 2 steps (2-cycle) is stopped and placed where it would be after the remaining steps
+# (for a 2-cycle: the phase matching the parity of the remaining steps).  With tol = 0
+# only exact repeats stop, which is the plain Euler integration.
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _step2(fl, H, W, y, x):
+    """One Euler step of the point (y, x) through the bilinear interleaved field."""
+    jy = np.int64(y)
+    jx = np.int64(x)
+    fy = y - np.float32(jy)
+    fx = x - np.float32(jx)
+    w2 = 2 * W
+    dy1 = w2 if jy < H - 1 else 0
+    dx1 = 2 if jx < W - 1 else 0
+    i00 = jy * w2 + jx * 2
+    i01 = i00 + dx1
+    i10 = i00 + dy1
+    i11 = i10 + dx1
+    gy = np.float32(1.0) - fy
+    gx = np.float32(1.0) - fx
+    a00, a01, a10, a11 = gy * gx, gy * fx, fy * gx, fy * fx
+    vy = a00 * fl[i00] + a01 * fl[i01] + a10 * fl[i10] + a11 * fl[i11]
+    vx = a00 * fl[i00 + 1] + a01 * fl[i01 + 1] + a10 * fl[i10 + 1] + a11 * fl[i11 + 1]
+    ny = min(np.float32(H - 1), max(np.float32(0.0), y + vy))
+    nx = min(np.float32(W - 1), max(np.float32(0.0), x + vx))
+    return ny, nx
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _step3(fl, D, H, W, z, y, x):
+    """One Euler step of the point (z, y, x) through the trilinear interleaved field."""
+    jz = np.int64(z)
+    jy = np.int64(y)
+    jx = np.int64(x)
+    fz = z - np.float32(jz)
+    fy = y - np.float32(jy)
+    fx = x - np.float32(jx)
+    sy = 3 * W
+    sz = 3 * W * H
+    dz1 = sz if jz < D - 1 else 0
+    dy1 = sy if jy < H - 1 else 0
+    dx1 = 3 if jx < W - 1 else 0
+    i000 = jz * sz + jy * sy + jx * 3
+    i001 = i000 + dx1
+    i010 = i000 + dy1
+    i011 = i010 + dx1
+    i100 = i000 + dz1
+    i101 = i100 + dx1
+    i110 = i100 + dy1
+    i111 = i110 + dx1
+    one = np.float32(1.0)
+    gz, gy, gx = one - fz, one - fy, one - fx
+    b00, b01, b10, b11 = gz * gy, gz * fy, fz * gy, fz * fy
+    a000, a001, a010, a011 = b00 * gx, b00 * fx, b01 * gx, b01 * fx
+    a100, a101, a110, a111 = b10 * gx, b10 * fx, b11 * gx, b11 * fx
+    vz = (a000 * fl[i000] + a001 * fl[i001] + a010 * fl[i010] + a011 * fl[i011]
+          + a100 * fl[i100] + a101 * fl[i101] + a110 * fl[i110] + a111 * fl[i111])
+    vy = (a000 * fl[i000 + 1] + a001 * fl[i001 + 1] + a010 * fl[i010 + 1]
+          + a011 * fl[i011 + 1] + a100 * fl[i100 + 1] + a101 * fl[i101 + 1]
+          + a110 * fl[i110 + 1] + a111 * fl[i111 + 1])
+    vx = (a000 * fl[i000 + 2] + a001 * fl[i001 + 2] + a010 * fl[i010 + 2]
+          + a011 * fl[i011 + 2] + a100 * fl[i100 + 2] + a101 * fl[i101 + 2]
+          + a110 * fl[i110 + 2] + a111 * fl[i111 + 2])
+    zero = np.float32(0.0)
+    nz = min(np.float32(D - 1), max(zero, z + vz))
+    ny = min(np.float32(H - 1), max(zero, y + vy))
+    nx = min(np.float32(W - 1), max(zero, x + vx))
+    return nz, ny, nx
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -26,68 +93,52 @@ def follow_2d(fl, H, W, py, px, start, stop, niter, tol):
     bilinear flow ``fl`` (the flattened ``(H, W, 2)`` field): each step moves a point by
     the flow interpolated at its position and clips it to the image.  Returns the number
     of point-steps computed."""
-    ymax, xmax = np.float32(H - 1), np.float32(W - 1)
-    zero, one = np.float32(0.0), np.float32(1.0)
-    w2 = np.uint64(2 * W)
-    u0, u1, u2 = np.uint64(0), np.uint64(1), np.uint64(2)
     tol = np.float32(tol)
     work = 0
-    # local copies of the active points; finished points are swapped out of the range
-    ly = np.empty(_BLOCK, np.float32)
+    ly = np.empty(_BLOCK, np.float32)  # active points (local copies)
     lx = np.empty(_BLOCK, np.float32)
-    qy = np.empty(_BLOCK, np.float32)  # positions one step ago
-    qx = np.empty(_BLOCK, np.float32)
+    ay = np.empty(_BLOCK, np.float32)  # positions one step ago
+    ax = np.empty(_BLOCK, np.float32)
+    by = np.empty(_BLOCK, np.float32)  # positions two steps ago
+    bx = np.empty(_BLOCK, np.float32)
     idx = np.empty(_BLOCK, np.int64)
     for s in range(start, stop, _BLOCK):
         na = min(stop, s + _BLOCK) - s
         for k in range(na):
             ly[k] = py[s + k]
             lx[k] = px[s + k]
-            qy[k] = np.float32(-1e9)
-            qx[k] = np.float32(-1e9)
             idx[k] = s + k
         t = 0
         while t < niter and na > 0:
-            work += na
-            odd = (niter - t - 1) % 2 == 1
+            S = min(_CHUNK, niter - t)
+            work += na * S
+            for _ in range(S - 2):
+                for k in range(na):
+                    ly[k], lx[k] = _step2(fl, H, W, ly[k], lx[k])
+            if S >= 2:
+                for k in range(na):
+                    by[k], bx[k] = ly[k], lx[k]
+                    ly[k], lx[k] = _step2(fl, H, W, ly[k], lx[k])
+            for k in range(na):
+                ay[k], ax[k] = ly[k], lx[k]
+                ly[k], lx[k] = _step2(fl, H, W, ly[k], lx[k])
+            t += S
+            if S < 2 or t >= niter:
+                break
+            odd = (niter - t) % 2 == 1
             k = 0
             while k < na:
-                y = ly[k]
-                x = lx[k]
-                jy = np.int64(y)
-                jx = np.int64(x)
-                fy = y - np.float32(jy)
-                fx = x - np.float32(jx)
-                dy1 = w2 if jy < H - 1 else u0
-                dx1 = u2 if jx < W - 1 else u0
-                i00 = np.uint64(jy) * w2 + np.uint64(jx) * u2
-                i01 = i00 + dx1
-                i10 = i00 + dy1
-                i11 = i10 + dx1
-                gy = one - fy
-                gx = one - fx
-                a00, a01, a10, a11 = gy * gx, gy * fx, fy * gx, fy * fx
-                vy = a00 * fl[i00] + a01 * fl[i01] + a10 * fl[i10] + a11 * fl[i11]
-                vx = (a00 * fl[i00 + u1] + a01 * fl[i01 + u1] + a10 * fl[i10 + u1]
-                      + a11 * fl[i11 + u1])
-                ny = min(ymax, max(zero, y + vy))
-                nx = min(xmax, max(zero, x + vx))
-                fixed = abs(ny - y) <= tol and abs(nx - x) <= tol
-                cycle = abs(ny - qy[k]) <= tol and abs(nx - qx[k]) <= tol
+                fixed = abs(ly[k] - ay[k]) <= tol and abs(lx[k] - ax[k]) <= tol
+                cycle = abs(ly[k] - by[k]) <= tol and abs(lx[k] - bx[k]) <= tol
                 if fixed or cycle:
                     if cycle and not fixed and odd:
-                        ny, nx = y, x
-                    py[idx[k]] = ny
-                    px[idx[k]] = nx
+                        py[idx[k]], px[idx[k]] = ay[k], ax[k]
+                    else:
+                        py[idx[k]], px[idx[k]] = ly[k], lx[k]
                     na -= 1
-                    ly[k], lx[k], qy[k], qx[k], idx[k] = ly[na], lx[na], qy[na], qx[na], idx[na]
+                    ly[k], lx[k], idx[k] = ly[na], lx[na], idx[na]
                 else:
-                    qy[k] = y
-                    qx[k] = x
-                    ly[k] = ny
-                    lx[k] = nx
                     k += 1
-            t += 1
         for k in range(na):
             py[idx[k]] = ly[k]
             px[idx[k]] = lx[k]
@@ -97,18 +148,17 @@ def follow_2d(fl, H, W, py, px, start, stop, niter, tol):
 @njit(cache=True, nogil=True, fastmath=True)
 def follow_3d(fl, D, H, W, pz, py, px, start, stop, niter, tol):
     """3D version of :func:`follow_2d` (trilinear interpolation of ``(D, H, W, 3)``)."""
-    zmax, ymax, xmax = np.float32(D - 1), np.float32(H - 1), np.float32(W - 1)
-    zero, one = np.float32(0.0), np.float32(1.0)
-    sx, sy, sz = np.uint64(3), np.uint64(3 * W), np.uint64(3 * W * H)
-    u0, u1, u2 = np.uint64(0), np.uint64(1), np.uint64(2)
     tol = np.float32(tol)
     work = 0
     lz = np.empty(_BLOCK, np.float32)
     ly = np.empty(_BLOCK, np.float32)
     lx = np.empty(_BLOCK, np.float32)
-    qz = np.empty(_BLOCK, np.float32)
-    qy = np.empty(_BLOCK, np.float32)
-    qx = np.empty(_BLOCK, np.float32)
+    az = np.empty(_BLOCK, np.float32)
+    ay = np.empty(_BLOCK, np.float32)
+    ax = np.empty(_BLOCK, np.float32)
+    bz = np.empty(_BLOCK, np.float32)
+    by = np.empty(_BLOCK, np.float32)
+    bx = np.empty(_BLOCK, np.float32)
     idx = np.empty(_BLOCK, np.int64)
     for s in range(start, stop, _BLOCK):
         na = min(stop, s + _BLOCK) - s
@@ -116,75 +166,41 @@ def follow_3d(fl, D, H, W, pz, py, px, start, stop, niter, tol):
             lz[k] = pz[s + k]
             ly[k] = py[s + k]
             lx[k] = px[s + k]
-            qz[k] = np.float32(-1e9)
-            qy[k] = np.float32(-1e9)
-            qx[k] = np.float32(-1e9)
             idx[k] = s + k
         t = 0
         while t < niter and na > 0:
-            work += na
-            odd = (niter - t - 1) % 2 == 1
+            S = min(_CHUNK, niter - t)
+            work += na * S
+            for _ in range(S - 2):
+                for k in range(na):
+                    lz[k], ly[k], lx[k] = _step3(fl, D, H, W, lz[k], ly[k], lx[k])
+            if S >= 2:
+                for k in range(na):
+                    bz[k], by[k], bx[k] = lz[k], ly[k], lx[k]
+                    lz[k], ly[k], lx[k] = _step3(fl, D, H, W, lz[k], ly[k], lx[k])
+            for k in range(na):
+                az[k], ay[k], ax[k] = lz[k], ly[k], lx[k]
+                lz[k], ly[k], lx[k] = _step3(fl, D, H, W, lz[k], ly[k], lx[k])
+            t += S
+            if S < 2 or t >= niter:
+                break
+            odd = (niter - t) % 2 == 1
             k = 0
             while k < na:
-                z = lz[k]
-                y = ly[k]
-                x = lx[k]
-                jz = np.int64(z)
-                jy = np.int64(y)
-                jx = np.int64(x)
-                fz = z - np.float32(jz)
-                fy = y - np.float32(jy)
-                fx = x - np.float32(jx)
-                dz1 = sz if jz < D - 1 else u0
-                dy1 = sy if jy < H - 1 else u0
-                dx1 = sx if jx < W - 1 else u0
-                i000 = np.uint64(jz) * sz + np.uint64(jy) * sy + np.uint64(jx) * sx
-                i001 = i000 + dx1
-                i010 = i000 + dy1
-                i011 = i010 + dx1
-                i100 = i000 + dz1
-                i101 = i100 + dx1
-                i110 = i100 + dy1
-                i111 = i110 + dx1
-                gz, gy, gx = one - fz, one - fy, one - fx
-                b00, b01, b10, b11 = gz * gy, gz * fy, fz * gy, fz * fy
-                a000, a001 = b00 * gx, b00 * fx
-                a010, a011 = b01 * gx, b01 * fx
-                a100, a101 = b10 * gx, b10 * fx
-                a110, a111 = b11 * gx, b11 * fx
-                vz = (a000 * fl[i000] + a001 * fl[i001] + a010 * fl[i010] + a011 * fl[i011]
-                      + a100 * fl[i100] + a101 * fl[i101] + a110 * fl[i110]
-                      + a111 * fl[i111])
-                vy = (a000 * fl[i000 + u1] + a001 * fl[i001 + u1] + a010 * fl[i010 + u1]
-                      + a011 * fl[i011 + u1] + a100 * fl[i100 + u1] + a101 * fl[i101 + u1]
-                      + a110 * fl[i110 + u1] + a111 * fl[i111 + u1])
-                vx = (a000 * fl[i000 + u2] + a001 * fl[i001 + u2] + a010 * fl[i010 + u2]
-                      + a011 * fl[i011 + u2] + a100 * fl[i100 + u2] + a101 * fl[i101 + u2]
-                      + a110 * fl[i110 + u2] + a111 * fl[i111 + u2])
-                nz = min(zmax, max(zero, z + vz))
-                ny = min(ymax, max(zero, y + vy))
-                nx = min(xmax, max(zero, x + vx))
-                fixed = abs(nz - z) <= tol and abs(ny - y) <= tol and abs(nx - x) <= tol
-                cycle = (abs(nz - qz[k]) <= tol and abs(ny - qy[k]) <= tol
-                         and abs(nx - qx[k]) <= tol)
+                fixed = (abs(lz[k] - az[k]) <= tol and abs(ly[k] - ay[k]) <= tol
+                         and abs(lx[k] - ax[k]) <= tol)
+                cycle = (abs(lz[k] - bz[k]) <= tol and abs(ly[k] - by[k]) <= tol
+                         and abs(lx[k] - bx[k]) <= tol)
                 if fixed or cycle:
+                    i = idx[k]
                     if cycle and not fixed and odd:
-                        nz, ny, nx = z, y, x
-                    pz[idx[k]] = nz
-                    py[idx[k]] = ny
-                    px[idx[k]] = nx
+                        pz[i], py[i], px[i] = az[k], ay[k], ax[k]
+                    else:
+                        pz[i], py[i], px[i] = lz[k], ly[k], lx[k]
                     na -= 1
-                    lz[k], ly[k], lx[k] = lz[na], ly[na], lx[na]
-                    qz[k], qy[k], qx[k], idx[k] = qz[na], qy[na], qx[na], idx[na]
+                    lz[k], ly[k], lx[k], idx[k] = lz[na], ly[na], lx[na], idx[na]
                 else:
-                    qz[k] = z
-                    qy[k] = y
-                    qx[k] = x
-                    lz[k] = nz
-                    ly[k] = ny
-                    lx[k] = nx
                     k += 1
-            t += 1
         for k in range(na):
             pz[idx[k]] = lz[k]
             py[idx[k]] = ly[k]
