@@ -170,24 +170,36 @@ def relabel_raster(masks, keep):
 
 
 @njit(cache=True, nogil=True)
-def prepare(flows, cellprob, threshold):
+def prepare(flows, cellprob, threshold, shape, tile):
     """One pass over the image: the flows interleaved ``(*shape, ndim)`` and set to 0 where
-    ``cellprob <= threshold``, and the flat indices of the pixels above the threshold."""
+    ``cellprob <= threshold``, and the flat indices of the pixels above the threshold,
+    listed tile by tile (``tile`` pixels per side) so that the points integrated together
+    are neighbours and their trajectories share the cache."""
     ndim = flows.shape[0]
     n = cellprob.shape[0]
+    D = shape[0] if ndim == 3 else 1
+    H = shape[ndim - 2]
+    W = shape[ndim - 1]
+    tz = tile if ndim == 3 else 1
     fl = np.zeros(n * ndim, np.float32)
     count = 0
     for f in range(n):
         if cellprob[f] > threshold:
             count += 1
-    flat = np.empty(count, np.int64)
-    j = 0
-    for f in range(n):
-        if cellprob[f] > threshold:
-            flat[j] = f
-            j += 1
             for c in range(ndim):
                 fl[f * ndim + c] = flows[c, f]
+    flat = np.empty(count, np.int64)
+    j = 0
+    for z0 in range(0, D, tz):
+        for y0 in range(0, H, tile):
+            for x0 in range(0, W, tile):
+                for z in range(z0, min(D, z0 + tz)):
+                    for y in range(y0, min(H, y0 + tile)):
+                        base = (z * H + y) * W
+                        for x in range(x0, min(W, x0 + tile)):
+                            if cellprob[base + x] > threshold:
+                                flat[j] = base + x
+                                j += 1
     return fl, flat
 
 
