@@ -49,7 +49,7 @@ class MaskResult:
     masks : np.ndarray
         int32 labels ``1..n`` (0 = background).
     points : np.ndarray
-        int64 ``(ndim, n_points)`` pixel coordinates that were integrated (cellprob above
+        int32 ``(ndim, n_points)`` pixel coordinates that were integrated (cellprob above
         the threshold), listed tile by tile (16x16 / 8x8x8 tiles, raster order inside).
     end_points : np.ndarray
         float32 ``(ndim, n_points)`` where each of those pixels ended after ``niter`` steps.
@@ -217,8 +217,7 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     flm, flat = K.prepare(fl.reshape(ndim, -1), np.ascontiguousarray(cp, np.float32).ravel(),
                           np.float32(cellprob_threshold), np.asarray(shape, np.int64),
                           16 if ndim == 2 else 8)
-    pts = np.stack(np.unravel_index(flat, shape)) if flat.size else np.zeros((ndim, 0),
-                                                                               np.int64)
+    pts = K.flat_to_coords(flat, np.asarray(shape, np.int64))
     if flat.size == 0:
         return MaskResult(np.zeros(shape, np.int32), pts, pts.astype(np.float32), niter=niter)
     ends, work = _follow(flm, shape, pts, niter, converge_tol)

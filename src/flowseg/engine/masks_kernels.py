@@ -238,3 +238,16 @@ def error_sums(masks, own, given, n):
         if cnt[i] > 0:
             out[i - 1] = sums[i] / cnt[i]
     return out
+
+
+@njit(cache=True, nogil=True)
+def flat_to_coords(flat, shape):
+    """``(ndim, n)`` int32 coordinates of flat C-order indices."""
+    ndim = shape.shape[0]
+    out = np.empty((ndim, flat.shape[0]), np.int32)
+    for k in range(flat.shape[0]):
+        f = flat[k]
+        for d in range(ndim - 1, -1, -1):
+            out[d, k] = f % shape[d]
+            f //= shape[d]
+    return out
