@@ -131,26 +131,28 @@ def main(argv=None) -> int:
               flush=True)
 
     print()
-    hdr = ("| case | cells | labels→flows s (cpu s) | CP3.1 | CP4.2 ref | speed-up | "
-           "flows→masks s (cpu s) | CP3.1 | CP4.2 ref | speed-up | AP@0.9 ours / CP3.1 |")
+    hdr = ("| case | cells | labels→flows s (cpu) | CP3.1 now | ref best | x ref | x now | "
+           "flows→masks s (cpu) | CP3.1 now | ref best | x ref | x now | AP@0.9 ours / CP3.1 |")
     print(hdr)
-    print("|---" * 11 + "|")
+    print("|---" * 13 + "|")
     for r in rows:
         ref = REFERENCE[r["case"]]
         p = r.get("peer")
-        pf = p["flows_s"] if p else ref["flows"][0]
-        pm = p["masks_s"] if p else ref["masks"][0]
-        fast_f = min(pf, ref["flows"][1])
-        fast_m = min(pm, ref["masks"][1])
-        src = "" if p else "*"
-        print(f"| {r['shape']} | {r['cells']} | {r['flows']:.3f} ({r['flows_cpu']:.2f}) | "
-              f"{pf:.2f}{src} | {ref['flows'][1]:.2f} | {fast_f / r['flows']:.0f}x | "
-              f"{r['masks']:.3f} ({r['masks_cpu']:.2f}) | {pm:.2f}{src} | "
-              f"{ref['masks'][1]:.2f} | {fast_m / r['masks']:.0f}x | "
-              f"{r['ap90']:.4f} / {p['ap90'] if p else float('nan'):.4f} |")
-    print("\nspeed-up = the faster of CP3.1 and CP4.2 divided by ours (target >= 10x).")
+        cells = [f"| {r['shape']} | {r['cells']} "]
+        for kind, key in (("flows", "flows_s"), ("masks", "masks_s")):
+            ours = r[kind]
+            best_ref = min(ref[kind])
+            now = p[key] if p else float("nan")
+            cells.append(f"| {ours:.3f} ({r[kind + '_cpu']:.2f}) | {now:.2f} | {best_ref:.2f} | "
+                         f"{best_ref / ours:.0f}x | {now / ours:.0f}x ")
+        ap_peer = p["ap90"] if p else float("nan")
+        cells.append(f"| {r['ap90']:.4f} / {ap_peer:.4f} |")
+        print("".join(cells))
+    print("\n'ref best' = the faster of Cellpose 3.1 and 4.2 in the reference table "
+          "(/work/shared/tools/README.md);\n'x ref' = ref best / ours (target >= 10x); "
+          "'x now' = Cellpose 3.1 timed in this run / ours (same load).")
     if not peer:
-        print("* CP3.1 from the reference table (FLOWSEG_PEER_PYTHON not set).")
+        print("CP3.1 'now' not measured (FLOWSEG_PEER_PYTHON not set).")
     print("mean Euler steps per pixel (early stop, niter=200): "
           + ", ".join(f"{r['case']}: {r['steps']:.1f}" for r in rows))
     print(f"load average after the run: {os.getloadavg()[0]:.1f}")
