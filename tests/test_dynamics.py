@@ -175,3 +175,9 @@ def test_bad_input(flows, cellprob, kw, match):
 def test_round_trip_large(shape, diameter, min_ap):
     lab, masks = _round_trip(shape, diameter)
     assert average_precision(lab, masks, [0.9])[0] >= min_ap
+
+
+def test_warmup_runs():
+    from flowseg.engine.dynamics import warmup
+
+    warmup((2,))

@@ -4,7 +4,11 @@ Steps of :func:`compute_masks` (the Cellpose method):
 
 1. every pixel with ``cellprob > cellprob_threshold`` is moved ``niter`` Euler steps along
    the flow field, linearly (bi/trilinearly) interpolated at its position, with the flows
-   outside the thresholded cell probability set to 0 and positions clipped to the image;
+   outside the thresholded cell probability set to 0 and positions clipped to the image.
+   Points that settle early (fixed point or period-2 oscillation, within ``converge_tol``
+   pixels) are stopped and placed where the remaining steps would leave them; points that
+   then fall outside every cluster are integrated again without the early stop, so the
+   masks match the plain integration (tested) at a fraction of the cost;
 2. the end points are binned to integer pixels (truncation); bins holding more than 10 end
    points that are maxima of their 5x5(x5) neighbourhood are seeds; from the seed with the
    fewest end points to the one with the most, each seed grows 5 times over its 3x3(x3)
@@ -34,10 +38,11 @@ from . import masks_kernels as K
 from .flows import masks_to_flows, parallel_ranges
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
-__all__ = ["MaskResult", "compute_masks", "flows_to_masks", "follow_flows", "flow_errors"]
+__all__ = ["MaskResult", "compute_masks", "flows_to_masks", "follow_flows", "flow_errors",
+           "warmup"]
 
 DEFAULT_NITER = 200
-DEFAULT_TOL = 1e-2
+DEFAULT_TOL = 0.05
 
 
 @dataclass
@@ -134,17 +139,20 @@ def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: f
     return np.stack(p), int(sum(work))
 
 
-def _cluster(end_points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Label (1..n, 0 = none) of every end point: histogram seeds grown over dense bins."""
+def _cluster(end_points: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Label (1..n, 0 = none) of every end point: histogram seeds grown over dense bins.
+
+    Returns the labels and the label map over the bins.
+    """
     shp = np.asarray(shape, np.int64)
     flat = K.end_bins(end_points, shp)
     h = K.histogram(flat, int(np.prod(shape)))
     seeds = K.find_seeds(h, shp, 10, 2)
     if seeds.size == 0:
-        return np.zeros(flat.size, np.int32)
+        return np.zeros(flat.size, np.int32), np.zeros(h.size, np.int32)
     seeds = seeds[np.argsort(h[seeds], kind="stable")]
     M = K.grow_seeds(h, shp, seeds, 2, 5, 5)
-    return M[flat]
+    return M[flat], M
 
 
 def flow_errors(masks: np.ndarray, flows: np.ndarray) -> np.ndarray:
@@ -223,7 +231,15 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     ends, work = _follow(flm, shape, pts, niter, converge_tol)
     check_cancel(cancel)
     report(progress, "dynamics", 1, 3)
-    lab = _cluster(ends, shape)
+    lab, bin_labels = _cluster(ends, shape)
+    miss = np.flatnonzero(lab == 0) if converge_tol > 0 else np.zeros(0, np.int64)
+    if miss.size:
+        # points stopped early outside every cluster (e.g. stuck near a saddle between two
+        # cells) are integrated again without the early stop
+        e2, w2 = _follow(flm, shape, pts[:, miss], niter, 0.0)
+        ends[:, miss] = e2
+        work += w2
+        lab[miss] = bin_labels[K.end_bins(e2, np.asarray(shape, np.int64))]
     masks = np.zeros(shape, np.int32)
     masks.ravel()[flat] = lab
     # remove masks that are too big, renumber
@@ -299,3 +315,16 @@ def flows_to_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
                          flow_threshold=flow_threshold, min_size=min_size, niter=niter,
                          max_size_fraction=max_size_fraction, progress=progress,
                          cancel=cancel).masks
+
+
+def warmup(ndims: tuple[int, ...] = (2, 3)) -> None:
+    """Compile (or load from numba's on-disk cache) every kernel of the flow engine.
+
+    The first call after installation compiles for a few seconds per dimensionality;
+    later processes load the cache in well under a second.  Call this from a background
+    thread (e.g. when the GUI opens) to keep that cost off the first segmentation.
+    """
+    for nd in ndims:
+        lab = np.zeros((12,) * nd, np.int32)
+        lab[(slice(2, 9),) * nd] = 1
+        compute_masks(masks_to_flows(lab), np.where(lab > 0, 5.0, -5.0), min_size=1)
