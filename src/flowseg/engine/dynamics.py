@@ -187,8 +187,7 @@ def _fill_holes(masks: np.ndarray) -> None:
         return
     owner = K.hole_owners(masks.ravel(), bg.ravel(), nbg, np.asarray(masks.shape, np.int64))
     if owner.any():
-        fill = owner[bg]
-        np.copyto(masks, fill.astype(masks.dtype), where=fill > 0)
+        K.apply_fill(masks.ravel(), bg.ravel(), owner)
 
 
 def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,

@@ -251,3 +251,12 @@ def flat_to_coords(flat, shape):
             out[d, k] = f % shape[d]
             f //= shape[d]
     return out
+
+
+@njit(cache=True, nogil=True)
+def apply_fill(masks, bg, owner):
+    """Set, in place, every pixel of background component ``c`` to ``owner[c]`` if > 0."""
+    for f in range(masks.shape[0]):
+        c = bg[f]
+        if c > 0 and owner[c] > 0:
+            masks[f] = owner[c]
