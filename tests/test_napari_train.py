@@ -124,3 +124,24 @@ def test_train_input_errors(make_napari_viewer, model_dir, qtbot, monkeypatch):
     other = viewer.add_labels(np.zeros((32, 32), np.int32), name="small")
     tp.add_pair(img, other)
     assert tp.train() is None and "do not match" in shown[-1]
+
+
+def test_pairs_from_3d_stack_use_current_or_labelled_slices(make_napari_viewer, model_dir):
+    from flowseg._train_widget import SLICE_MODES, pair_arrays
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    img = viewer.add_image(rng.random((2, 6, 32, 32)).astype(np.float32), name="stack",
+                           metadata={"flowseg_axes": {"channel_axis": 0, "z_axis": 1}})
+    lab = np.zeros((6, 32, 32), np.int32)
+    lab[2, 5:10, 5:10] = 1
+    lab[4, 20:25, 20:25] = 2
+    params = {"channel_axis": 0, "z_axis": 1, "channels": [1, 0]}
+    labels = viewer.add_labels(lab, name="fixed", metadata={"flowseg": {"params": params}})
+    viewer.dims.set_current_step(1, 4)  # world axis 1 = the labels' Z
+    (x, y), = pair_arrays(viewer, img, labels, SLICE_MODES[0])
+    np.testing.assert_array_equal(y, lab[4])
+    np.testing.assert_allclose(x[..., 0], img.data[1, 4])  # cytoplasm = channel 1
+    np.testing.assert_allclose(x[..., 1], img.data[0, 4])  # nucleus = channel 0
+    pairs = pair_arrays(viewer, img, labels, SLICE_MODES[1])
+    assert [int(p[1].max()) for p in pairs] == [1, 2]
