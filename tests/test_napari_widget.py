@@ -252,3 +252,13 @@ def test_bundled_model_on_sample_counts_cells(make_napari_viewer, qtbot, tmp_pat
     n_true = len(np.unique(truth)) - 1
     n = len(np.unique(outs["masks"].data)) - 1
     assert abs(n - n_true) <= 0.1 * n_true, (n, n_true)
+
+
+def test_estimate_diameter_button(make_napari_viewer, model_dir, sample, qtbot):
+    viewer, w = _widget(make_napari_viewer)
+    viewer.add_image(sample.image[..., 0], name="nuc")
+    w.controls.diameter.value = 3
+    worker = w.estimate_diameter()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.controls.diameter.value != 3, timeout=60000)
+    assert 5 < w.controls.diameter.value < 200

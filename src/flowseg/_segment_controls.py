@@ -94,7 +94,8 @@ def build_request(w: Any, layer: Any = None) -> dict:
     zax = ax.z_axis
     do_3d = bool(c.do_3d.value) and zax is not None
     return {
-        "layer": layer, "data": layer.data, "channel_axis": ax.channel_axis, "z_axis": zax,
+        "layer": layer, "data": layer.data[0] if layer.multiscale else layer.data,
+        "channel_axis": ax.channel_axis, "z_axis": zax,
         "channels": (cyto, nuc) if nch > 1 or nuc is not None else None,
         "model_path": str(model_path), "device": c.device.value,
         "diameter": float(c.diameter.value) or None,

@@ -90,6 +90,10 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ layer & model lists
     def _reset_choices(self, event: Any = None) -> None:
+        # forget results of removed images (they hold the flows)
+        alive = {str(ly.unique_id) for ly in self.viewer.layers}
+        for key in [k for k in self._results if k not in alive]:
+            del self._results[key]
         # only the layer pickers: the axis / channel pickers have choices set per image
         self.controls.image.reset_choices()
         self.controls.shapes.reset_choices()
