@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["segment", "prepare_input", "check_diameter", "default_niter"]
 
 Normalize = Union[bool, Sequence[float]]
+WHOLE_MAX = 1024 * 1024
 
 
 def check_diameter(diameter: Optional[float]) -> Optional[float]:
@@ -118,7 +119,8 @@ def prepare_input(model: "Model", image: np.ndarray, *, channels=None, channel_a
 
 
 def _run_2d(model: "Model", x: np.ndarray, rescale: float, *, bsize: int, tile_overlap: float,
-            batch_size: int, augment: bool, progress, cancel) -> tuple[np.ndarray, np.ndarray]:
+            batch_size: int, augment: bool, progress, cancel, whole_max: int = 0,
+            pad_extra: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Network outputs for ``x`` (N, H, W, C) at image resolution: (N, 3, H, W), (N, S)."""
     N, H, W, _ = x.shape
     ys, styles = [], []
@@ -131,6 +133,7 @@ def _run_2d(model: "Model", x: np.ndarray, rescale: float, *, bsize: int, tile_o
             xs = resize_image(xs, scale=rescale)
         y, st = run_tiled(model.net, xs, bsize=bsize, tile_overlap=tile_overlap,
                           batch_size=batch_size, augment=augment, cancel=cancel,
+                          whole_max=whole_max, pad_extra=pad_extra,
                           progress=progress if N == 1 else None, stage="network")
         if N > 1:
             report(progress, "network", min(s + slab, N), N, "running the network on slices")
@@ -170,7 +173,8 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
             augment: bool = False, tile_overlap: float = 0.1, batch_size: int = 8,
             normalize: Normalize = True, cellprob_threshold: float = 0.0,
             flow_threshold: float = 0.4, min_size: int = 15, niter: Optional[int] = None,
-            bsize: int = 224, progress: Optional[ProgressCallback] = None,
+            bsize: int = 224, whole_max: int = WHOLE_MAX, pad_extra: int = 8,
+            progress: Optional[ProgressCallback] = None,
             cancel: CancelToken = None) -> Segmentation:
     """Segment a 2D image, a stack of 2D slices or a 3D volume.
 
@@ -193,8 +197,11 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
     stitch_threshold : float
         With ``do_3d=False`` on a volume: segment each slice in 2D and stitch masks across z
         when their IoU exceeds this threshold (0: independent slices).
-    augment, tile_overlap, batch_size, bsize
-        Tiling options (see :func:`flowseg.engine.tiling.run_tiled`).
+    augment, tile_overlap, batch_size, bsize, whole_max, pad_extra
+        Tiling options (see :func:`flowseg.engine.tiling.run_tiled`).  By default an image
+        whose padded size is at most ``whole_max`` pixels (1024 x 1024) runs through the
+        network in one piece, which avoids the tile-overlap overhead; ``whole_max=0`` always
+        uses overlapping ``bsize`` tiles exactly like Cellpose.
     normalize : bool or (lo, hi)
         Percentile normalisation (True: the model's own percentiles).
     cellprob_threshold, flow_threshold, min_size, niter
@@ -248,7 +255,8 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
                                   diameter_source=source, do_3d=bool(do_3d and sdim == 3),
                                   rescale=rescale)
     opts = dict(bsize=bsize, tile_overlap=tile_overlap, batch_size=batch_size, augment=augment,
-                progress=progress, cancel=cancel)
+                whole_max=int(whole_max), pad_extra=int(pad_extra), progress=progress,
+                cancel=cancel)
     if sdim == 3 and do_3d:
         from .infer3d import run_3d
 

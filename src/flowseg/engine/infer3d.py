@@ -56,7 +56,8 @@ def _resize_input(x: np.ndarray, rescale: float, anisotropy: float) -> np.ndarra
 
 def run_3d(model: "Model", x: np.ndarray, rescale: float, *, anisotropy: Optional[float] = None,
            bsize: int = 224, tile_overlap: float = 0.1, batch_size: int = 8,
-           augment: bool = False, slab: Optional[int] = None,
+           augment: bool = False, slab: Optional[int] = None, whole_max: int = 0,
+           pad_extra: int = 8,
            progress: Optional[ProgressCallback] = None,
            cancel: CancelToken = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flows, cell probability and style of a normalised volume.
@@ -92,7 +93,7 @@ def run_3d(model: "Model", x: np.ndarray, rescale: float, *, anisotropy: Optiona
     done = 0
     style_sum: Optional[np.ndarray] = None
     opts = dict(bsize=bsize, tile_overlap=tile_overlap, batch_size=batch_size, augment=augment,
-                cancel=cancel)
+                whole_max=whole_max, pad_extra=pad_extra, cancel=cancel)
     # pass 0: YX planes (index z) -> (n, 3, Y, X): dY, dX, p
     for a in range(0, Zr, slab):
         check_cancel(cancel)

@@ -7,20 +7,24 @@ batches (tiles of several images share a batch), and blended back with a sigmoid
 down-weights tile borders.  ``augment=True`` uses tiles overlapping by half, each flipped in a
 different direction, un-flipped (with the matching flow components negated) before blending.
 
-CPU speed: the network runs in ``torch.inference_mode`` with channels-last tensors, which is
-mathematically the same computation (results agree to float rounding).
+CPU speed: the network runs in ``torch.inference_mode`` with channels-last tensors and its
+BatchNorm layers folded into per-channel multiply-adds (:func:`inference_net`): the same
+computation, results agree with the plain network to float rounding (~1e-6).
 """
 
 from __future__ import annotations
 
+import copy
+import weakref
 from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
-__all__ = ["pad_amounts", "tile_starts", "taper_mask", "run_tiled", "forward"]
+__all__ = ["pad_amounts", "tile_starts", "taper_mask", "run_tiled", "forward", "inference_net"]
 
 _DIV = 16
 
@@ -65,11 +69,57 @@ def forward(net: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (y.float().contiguous().cpu().numpy(), style.float().cpu().numpy())
 
 
-def _prepare_net(net: torch.nn.Module) -> torch.nn.Module:
-    net.eval()
-    if _net_device(net).type == "cpu":
-        net.to(memory_format=torch.channels_last)
-    return net
+class _Affine(nn.Module):
+    """Eval-mode BatchNorm as one fused multiply-add (about 2x faster than batch_norm on CPU)."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            shift = bn.bias - bn.running_mean * scale
+        self.register_buffer("scale", scale.reshape(1, -1, 1, 1).clone())
+        self.register_buffer("shift", shift.reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+_FAST: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _weights_key(net: nn.Module) -> tuple:
+    return tuple((t.data_ptr(), t._version) for t in net.state_dict(keep_vars=True).values())
+
+
+def inference_net(net: nn.Module) -> nn.Module:
+    """An inference copy of ``net``: BatchNorm folded to affine maps, channels-last on CPU.
+
+    Computes the same function (to float rounding, ~1e-6); the copy is cached until the
+    weights of ``net`` change (in-place updates bump tensor versions), and ``net`` itself
+    is left untouched (still trainable, same memory format).
+    """
+    if not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
+        net.eval()
+        return net
+    key = _weights_key(net)
+    hit = _FAST.get(net)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    fast = copy.deepcopy(net).eval()
+    for mod in list(fast.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(mod, name, _Affine(child))
+    if _net_device(fast).type == "cpu":
+        fast.to(memory_format=torch.channels_last)
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    _FAST[net] = (key, fast)
+    return fast
+
+
+def _prepare_net(net: nn.Module) -> nn.Module:
+    return inference_net(net)
 
 
 def _flip(t: np.ndarray, j: int, i: int) -> np.ndarray:
@@ -83,6 +133,7 @@ def _flip(t: np.ndarray, j: int, i: int) -> np.ndarray:
 
 def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
               tile_overlap: float = 0.1, batch_size: int = 8, augment: bool = False,
+              whole_max: int = 0, pad_extra: int = _DIV // 2,
               progress: Optional[ProgressCallback] = None, cancel: CancelToken = None,
               stage: str = "tiles") -> tuple[np.ndarray, np.ndarray]:
     """Network outputs for a stack of prepared images.
@@ -101,6 +152,12 @@ def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
         Tiles per network call.
     augment : bool
         Half-overlapping flipped tiles, averaged.
+    whole_max : int
+        If the padded image has at most this many pixels, run it as one tile (no overlap
+        overhead: ~1.6x less work than 224-pixel tiles for a 512x512 image; the style vector
+        is then that of the whole image).  0: always use ``bsize`` tiles, as Cellpose does.
+    pad_extra : int
+        Zero margin added on every side (Cellpose: 8).
 
     Returns
     -------
@@ -121,8 +178,10 @@ def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     N, H, W, C = x.shape
     net = _prepare_net(net)
-    py, px = pad_amounts(H), pad_amounts(W)
+    py, px = pad_amounts(H, extra=pad_extra), pad_amounts(W, extra=pad_extra)
     Hp, Wp = H + sum(py), W + sum(px)
+    if not augment and Hp * Wp <= int(whole_max):
+        bsize = max(Hp, Wp)
     if augment:
         Hp, Wp = max(Hp, bsize), max(Wp, bsize)
     ys, xs = tile_starts(Hp, bsize, tile_overlap, augment), tile_starts(Wp, bsize, tile_overlap, augment)

@@ -1,0 +1,162 @@
+"""Benchmark ``Model.segment`` against Cellpose 3.1 ``CellposeModel.eval`` with the same weights.
+
+Cases (as in the project's reference timings): a 512x512 2-channel image at diameter 30 and a
+32x128x128 2-channel volume with full 3D, at diameter 30.  Both engines get the same weights
+(exported to a Cellpose-format state dict for the reference), the same image, a warm-up run,
+then ``--runs`` timed runs; the best time of each is compared.  The masks are compared with
+average precision (reference masks as ground truth), the network outputs by their largest
+difference (2D: our unit flows x 5 vs Cellpose ``dP``; 3D: Cellpose sums the slice passes,
+we average them, so ours are scaled by 2 (flows) and 3 (logit) first).
+
+Weights (``--weights``): ``auto`` uses the bundled ``cyto`` model when it exists, else seeded
+random standard-width (32) weights (masks from random weights are meaningless, so only the
+outputs and timings mean something then); or a path to a flowseg / Cellpose model file or a
+flowseg training checkpoint; or ``random``.
+
+Usage::
+
+    python benchmarks/bench_segment.py --peer "$(bash /work/shared/tools/peer_env.sh)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import flowseg.engine  # noqa: F401  (sets the OpenMP wait policy before torch loads)
+import numpy as np
+import torch
+
+from flowseg.engine.metrics import average_precision
+from flowseg.engine.model import Model, available_models
+from flowseg.engine.synthetic import make_sample
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_weights(spec: str) -> tuple[Model, str]:
+    if spec == "auto":
+        spec = "cyto" if "cyto" in available_models() else "random"
+    if spec == "random":
+        return Model.new(width=32, seed=0), "seeded random standard-width (32) weights"
+    p = Path(spec)
+    if p.is_file():
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and obj.get("format") == "flowseg-train-checkpoint":
+            return (Model.from_state_dict(obj["net"], obj.get("meta")),
+                    f"training checkpoint {p} (epoch {obj.get('epoch')})")
+    m = Model.load(spec)
+    return m, f"model {spec}"
+
+
+def embed_width(model: Model, width: int = 32) -> Model:
+    """The same function as ``model`` computed by a wider (e.g. standard, 32) network.
+
+    Cellpose 3 only runs networks of width 32 (its tiling code assumes 256 style features),
+    so a narrower trained model is embedded: its weights fill the first channels of every
+    layer and all extra channels are exactly zero (zero weights and biases, BatchNorm with
+    zero scale), so outputs and style (padded with zeros) are unchanged while the compute is
+    that of the standard network.
+    """
+    if model.net.nbase[1] == width:
+        return model
+    big = Model.new(width=width, nchan=model.nchan, diam_mean=model.diam_mean)
+    src = model.net.state_dict()
+    out = {}
+    for k, ref in big.net.state_dict().items():
+        v = src[k]
+        t = torch.ones_like(ref) if k.endswith("running_var") else torch.zeros_like(ref)
+        t[tuple(slice(0, n) for n in v.shape)] = v
+        out[k] = t
+    big.net.load_state_dict(out)
+    big.meta.update({k: model.meta[k] for k in ("diam_mean", "normalize") if k in model.meta})
+    return big
+
+
+def run_ours(model: Model, img: np.ndarray, do_3d: bool, runs: int, diameter: float):
+    kw = dict(channels=(0, 1), channel_axis=-1, diameter=diameter)
+    if do_3d:
+        kw.update(do_3d=True, z_axis=0)
+    model.segment(img, **kw)  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        seg = model.segment(img, **kw)
+        times.append(time.perf_counter() - t0)
+    return seg, times
+
+
+def run_peer(py: str, weights: Path, img_path: Path, do_3d: bool, runs: int, diameter: float):
+    out = img_path.with_suffix(".peer.npz")
+    cmd = [py, str(HERE / "peer_segment.py"), str(weights), str(img_path), str(out),
+           "--runs", str(runs), "--diameter", str(diameter)] + (["--3d"] if do_3d else [])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"reference run failed:\n{r.stderr[-3000:]}")
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    return dict(np.load(out)), info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peer", default=os.environ.get("FLOWSEG_PEER_PYTHON"),
+                    help="reference python (default: $FLOWSEG_PEER_PYTHON); without it only "
+                         "our timings are printed")
+    ap.add_argument("--weights", default="auto")
+    ap.add_argument("--case", choices=("2d", "3d", "both"), default="both")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--diameter", type=float, default=30.0)
+    a = ap.parse_args()
+    model, desc = load_weights(a.weights)
+    if a.peer and model.net.nbase[1] != 32:
+        small = model
+        model = embed_width(model, 32)
+        x = torch.randn(2, model.nchan, 64, 64)
+        with torch.inference_mode():
+            y0, s0 = small.net.eval()(x)
+            y1, s1 = model.net.eval()(x)
+        desc += (f", width {small.net.nbase[1]} embedded exactly in a width-32 network "
+                 f"(max output difference {float((y0 - y1).abs().max()):.1e})")
+    print(f"weights: {desc}; nbase {model.net.nbase}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    cases = []
+    if a.case in ("2d", "both"):
+        cases.append(("2D 512x512", make_sample("cells", (512, 512), diameter=30,
+                                                with_nuclei=True, seed=0).image, False))
+    if a.case in ("3d", "both"):
+        cases.append(("3D 32x128x128", make_sample("cells", (32, 128, 128), diameter=30,
+                                                   with_nuclei=True, seed=0).image, True))
+    with tempfile.TemporaryDirectory() as td:
+        wpath = model.export_cellpose(Path(td) / "weights_cp")
+        for name, img, do_3d in cases:
+            seg, t_ours = run_ours(model, img, do_3d, a.runs, a.diameter)
+            line = f"{name}: ours {min(t_ours):.2f} s (runs {', '.join(f'{t:.2f}' for t in t_ours)})"
+            line += f", {seg.n_objects} objects"
+            if a.peer:
+                ipath = Path(td) / f"img_{int(do_3d)}.npy"
+                np.save(ipath, img)
+                ref, info = run_peer(a.peer, wpath, ipath, do_3d, a.runs, a.diameter)
+                t_ref = info["times"]
+                ap = average_precision(ref["masks"].astype(np.int32), seg.masks,
+                                       thresholds=(0.5, 0.9))
+                k_f, k_p = (2.0, 3.0) if do_3d else (1.0, 1.0)
+                dflow = float(np.abs(seg.flows * 5.0 * k_f - ref["dP"]).max())
+                dprob = float(np.abs(seg.cellprob * k_p - ref["cellprob"]).max())
+                line += (f" | Cellpose 3.1 {min(t_ref):.2f} s (runs "
+                         f"{', '.join(f'{t:.2f}' for t in t_ref)}, mkldnn={info['mkldnn']}),"
+                         f" {len(np.unique(ref['masks'])) - 1} objects"
+                         f" | speed-up x{min(t_ref) / min(t_ours):.2f}"
+                         f" | AP@0.5 {ap[0]:.3f} AP@0.9 {ap[1]:.3f}"
+                         f" | max |d flow| {dflow:.2e}, max |d logit| {dprob:.2e}")
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
