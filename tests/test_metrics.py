@@ -59,6 +59,7 @@ def test_lists_3d_and_empty():
     assert aggregated_jaccard(e, e) == 1.0
     s = match_stats([g3], [g3])
     assert s.tp.shape == (1, 3) and s.n_true.shape == (1,)
+    assert average_precision([], []).shape == (0, 3)
 
 
 @pytest.mark.parametrize("gt, pred, match", [

@@ -184,7 +184,7 @@ def match_stats(gt: ArrayOrList, pred: ArrayOrList,
         raise ValueError(f"gt and pred lists differ in length: {len(gt)} and {len(pred)}")
     res = [_one(g, p, ths) for g, p in zip(gt, pred)]
     cols = list(zip(*res)) if res else [[]] * 7
-    arr = [np.asarray(c, np.float64).reshape(len(res), -1) for c in cols[:4]]
+    arr = [np.asarray(c, np.float64).reshape(len(res), ths.size) for c in cols[:4]]
     return MatchStats(ths, *arr, np.asarray(cols[4], np.int64), np.asarray(cols[5], np.int64),
                       np.asarray(cols[6], np.float64))
 
