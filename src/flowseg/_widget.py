@@ -14,19 +14,16 @@ from typing import Any, Optional
 
 import napari
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox,
-                              Label, PushButton, SpinBox)
-from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from magicgui.widgets import Container
+from napari.layers import Image, Shapes
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QTabWidget, QVBoxLayout, QWidget
 
 from . import _layers
-from ._inputs import (Axes, check_axes, default_anisotropy, diameter_from_shapes,
-                      guess_axes, layer_kind, n_channels)
+from ._inputs import Axes, default_anisotropy, diameter_from_shapes, guess_axes, n_channels
 from ._model_registry import available_models
 from ._progress import ProgressBridge
-from .engine.progress import Cancelled
 
 __all__ = ["SegmentWidget"]
 
