@@ -181,3 +181,28 @@ def test_warmup_runs():
     from flowseg.engine.dynamics import warmup
 
     warmup((2,))
+
+
+@pytest.mark.peer
+def test_same_masks_as_cellpose3(tmp_path):
+    import os
+    import subprocess
+
+    peer = os.environ.get("FLOWSEG_PEER_PYTHON")
+    if not peer:
+        pytest.skip("FLOWSEG_PEER_PYTHON not set")
+    lab = make_labels((192, 224), 30, seed=12)
+    flows = masks_to_flows(lab, center="mean")  # Cellpose 3's own flow definition
+    cp = _cellprob(lab)
+    np.save(tmp_path / "dp.npy", 5 * flows)
+    np.save(tmp_path / "cp.npy", cp)
+    code = ("import numpy as np, torch; from cellpose import dynamics; "
+            f"dp = np.load(r'{tmp_path / 'dp.npy'}'); cp = np.load(r'{tmp_path / 'cp.npy'}'); "
+            "m = dynamics.resize_and_compute_masks(dp, cp, niter=200, min_size=15, "
+            "device=torch.device('cpu')); "
+            f"np.save(r'{tmp_path / 'm.npy'}', m.astype(np.int32))")
+    subprocess.run([peer, "-c", code], check=True, capture_output=True)
+    ref = np.load(tmp_path / "m.npy")
+    ours = flows_to_masks(flows, cp)
+    assert ours.max() == ref.max()
+    assert average_precision(ref, ours, [0.99])[0] == 1.0
