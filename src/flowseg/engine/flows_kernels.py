@@ -11,6 +11,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# Heat decays roughly like exp(-pi * distance / width) along thin objects; in float32 it
+# underflows (flow 0) beyond ~25 widths from the centre.  Objects whose squared sum of box
+# extents exceeds this multiple of their area (2D) or volume**(2/3) (3D) -- about 1 + their
+# length/width ratio in 2D, 13 for a ball in 3D -- diffuse in float64 instead.
+_F64_ASPECT = 12.0
+_F64_ASPECT_3D = 30.0
+
 
 @njit(cache=True, nogil=True)
 def _median_rank(counts, n):
@@ -38,13 +45,12 @@ def _mean_rank(counts, n):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _diffuse_2d(T, m, cy, cx, niter):
+def _diffuse_2d(T, m, cy, cx, niter, c9):
     """Run ``niter`` heat steps in place on the padded 2D box ``T`` (object mask ``m``)."""
     H, W = T.shape
     Tf, mf = T.ravel(), m.ravel()
     n, w, one = np.uint64(H * W), np.uint64(W), np.uint64(1)
-    R = np.zeros(H * W, np.float32)
-    c9 = np.float32(1.0 / 9.0)
+    R = np.zeros_like(Tf)
     c = cy * W + cx
     for _ in range(niter):
         Tf[c] += 1.0
@@ -55,14 +61,13 @@ def _diffuse_2d(T, m, cy, cx, niter):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _diffuse_3d(T, m, cz, cy, cx, niter):
+def _diffuse_3d(T, m, cz, cy, cx, niter, c27):
     """3D version of :func:`_diffuse_2d` (3x3x3 mean, separable sums)."""
     D, H, W = T.shape
     Tf, mf = T.ravel(), m.ravel()
     n, w, hw, one = np.uint64(D * H * W), np.uint64(W), np.uint64(H * W), np.uint64(1)
-    R = np.zeros(D * H * W, np.float32)
-    S = np.zeros(D * H * W, np.float32)
-    c27 = np.float32(1.0 / 27.0)
+    R = np.zeros_like(Tf)
+    S = np.zeros_like(Tf)
     c = (cz * H + cy) * W + cx
     for _ in range(niter):
         Tf[c] += 1.0
@@ -101,13 +106,25 @@ def _object_2d(lab, lid, y0, x0, y1, x1, niter_fixed, use_mean, out):
                 if d < best:
                     best, cy, cx = d, i, j
     niter = niter_fixed if niter_fixed > 0 else 2 * (H + W)
-    T = np.zeros((H, W), np.float32)
-    _diffuse_2d(T, m, cy, cx, niter)
+    if (H + W - 4) ** 2 > _F64_ASPECT * n:
+        T64 = np.zeros((H, W), np.float64)
+        _diffuse_2d(T64, m.astype(np.float64), cy, cx, niter, np.float64(1.0 / 9.0))
+        _write_2d(T64, m, y0, x0, out)
+    else:
+        T = np.zeros((H, W), np.float32)
+        _diffuse_2d(T, m, cy, cx, niter, np.float32(1.0 / 9.0))
+        _write_2d(T, m, y0, x0, out)
+
+
+@njit(cache=True, nogil=True)
+def _write_2d(T, m, y0, x0, out):
+    """Normalised central-difference gradient of the heat at the object pixels."""
+    H, W = T.shape
     for i in range(1, H - 1):
         for j in range(1, W - 1):
             if m[i, j] > 0:
-                dy = T[i + 1, j] - T[i - 1, j]
-                dx = T[i, j + 1] - T[i, j - 1]
+                dy = np.float64(T[i + 1, j]) - T[i - 1, j]
+                dx = np.float64(T[i, j + 1]) - T[i, j - 1]
                 nrm = np.sqrt(dy * dy + dx * dx)
                 if nrm > 0:
                     out[0, y0 + i - 1, x0 + j - 1] = dy / nrm
@@ -145,15 +162,27 @@ def _object_3d(lab, lid, z0, y0, x0, z1, y1, x1, niter_fixed, use_mean, out):
                     if d < best:
                         best, cz, cy, cx = d, a, i, j
     niter = niter_fixed if niter_fixed > 0 else 2 * (D + H + W)
-    T = np.zeros((D, H, W), np.float32)
-    _diffuse_3d(T, m, cz, cy, cx, niter)
+    if (D + H + W - 6) ** 2 > _F64_ASPECT_3D * n ** (2.0 / 3.0):
+        T64 = np.zeros((D, H, W), np.float64)
+        _diffuse_3d(T64, m.astype(np.float64), cz, cy, cx, niter, np.float64(1.0 / 27.0))
+        _write_3d(T64, m, z0, y0, x0, out)
+    else:
+        T = np.zeros((D, H, W), np.float32)
+        _diffuse_3d(T, m, cz, cy, cx, niter, np.float32(1.0 / 27.0))
+        _write_3d(T, m, z0, y0, x0, out)
+
+
+@njit(cache=True, nogil=True)
+def _write_3d(T, m, z0, y0, x0, out):
+    """3D version of :func:`_write_2d`."""
+    D, H, W = T.shape
     for a in range(1, D - 1):
         for i in range(1, H - 1):
             for j in range(1, W - 1):
                 if m[a, i, j] > 0:
-                    dz = T[a + 1, i, j] - T[a - 1, i, j]
-                    dy = T[a, i + 1, j] - T[a, i - 1, j]
-                    dx = T[a, i, j + 1] - T[a, i, j - 1]
+                    dz = np.float64(T[a + 1, i, j]) - T[a - 1, i, j]
+                    dy = np.float64(T[a, i + 1, j]) - T[a, i - 1, j]
+                    dx = np.float64(T[a, i, j + 1]) - T[a, i, j - 1]
                     nrm = np.sqrt(dz * dz + dy * dy + dx * dx)
                     if nrm > 0:
                         out[0, z0 + a - 1, y0 + i - 1, x0 + j - 1] = dz / nrm
