@@ -8,7 +8,7 @@ It opens the bundled "cells" sample, docks "Segment cells", segments with the bu
 ``cyto`` model (``--model`` to choose another), and writes
 
 * ``docs/screenshots/segment.png``  -- masks over the image, with the widget
-* ``docs/screenshots/flows.png``    -- the flow field as vectors over the flow colour image
+* ``docs/screenshots/flows.png``    -- the flow field as vectors (colour = direction), zoomed in
 * ``docs/screenshots/train.png``    -- the Train tab after a short fine-tuning run
 """
 
@@ -47,8 +47,10 @@ def _wait(app, cond, timeout=600.0):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="cyto", help="bundled model name or model file")
-    p.add_argument("--sample", default="cells")
+    p.add_argument("--model", default=None,
+                   help="bundled model name or model file (default: cyto, else nuclei)")
+    p.add_argument("--sample", default=None,
+                   help="sample to open (default: cells for cyto, nuclei otherwise)")
     p.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args(argv)
@@ -65,7 +67,12 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = bundled_models().get(args.model, Path(args.model))
+    bundled = bundled_models()
+    if args.model is None:
+        args.model = "cyto" if "cyto" in bundled else "nuclei"
+    if args.sample is None:
+        args.sample = "cells" if args.model == "cyto" else "nuclei"
+    model_path = bundled.get(args.model, Path(args.model))
     if not Path(model_path).is_file():
         print(f"model {args.model!r} not found", file=sys.stderr)
         return 2
@@ -96,9 +103,7 @@ def main(argv=None) -> int:
     # flows: vectors over the flow colour image, zoomed in
     masks.visible = False
     outs["flows"].visible = True
-    outs["flow_rgb"].visible = True
-    outs["flow_rgb"].opacity = 0.6
-    viewer.camera.zoom = viewer.camera.zoom * 3
+    viewer.camera.zoom = viewer.camera.zoom * 4
     h, wd = masks.data.shape[-2:]
     viewer.camera.center = (h * 0.35, wd * 0.35)
     _wait(app, lambda: True)
@@ -106,7 +111,7 @@ def main(argv=None) -> int:
     viewer.screenshot(str(out / "flows.png"), canvas_only=False, flash=False)
 
     # train tab: fine-tune briefly on the (here uncorrected) masks
-    outs["flows"].visible = outs["flow_rgb"].visible = False
+    outs["flows"].visible = False
     masks.visible = True
     viewer.reset_view()
     w.tabs.setCurrentIndex(1)

@@ -51,6 +51,7 @@ def build_controls(w: Any) -> Container:
     c.run_btn = PushButton(text="Run")
     c.cancel_btn = PushButton(text="Cancel", enabled=False)
     c.status = Label(value="")
+    c.status.native.setWordWrap(True)
     c.extend([c.image, c.channel_axis, c.z_axis, c.cyto, c.nucleus, c.model, c.diameter,
               c.estimate_btn, c.shapes, c.shapes_btn, c.preview, c.cellprob, c.flow_threshold,
               c.min_size, c.do_3d, c.stitch, c.anisotropy, c.augment, c.device, c.run_btn,

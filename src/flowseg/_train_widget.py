@@ -114,6 +114,8 @@ class TrainPanel(Container):
         self.extend([self.pairs, self.image, self.labels, self.add_btn, self.slices, self.recipe,
                      self.epochs, self.learning_rate, self.model_name, self.train_btn,
                      self.cancel_btn, self.status])
+        self.pairs.native.setMaximumHeight(110)
+        self.status.native.setWordWrap(True)
         self.add_btn.changed.connect(lambda *_: self.add_pair())
         self.train_btn.changed.connect(lambda *_: self.train())
         self.cancel_btn.changed.connect(lambda *_: self.cancel_event.set())
@@ -245,11 +247,10 @@ class TrainPanel(Container):
 
     def _trained(self, path: Any) -> None:
         self.owner.refresh_models(select=str(path))
-        msg = f"saved model {path.stem!r} to {path}"
-        if self.cancel_event.is_set():
-            msg += " (cancelled: best weights so far)"
-        show_info(msg)
-        self.status.value = msg
+        note = " (cancelled: best weights so far)" if self.cancel_event.is_set() else ""
+        show_info(f"saved model {path.stem!r} to {path}{note}")
+        loss = f", last epoch loss {self.losses[-1]:.4f}" if self.losses else ""
+        self.status.value = f"saved model {path.stem!r}{loss}{note}; selected in the Segment tab"
 
     def _finished(self) -> None:
         self.worker = None

@@ -64,8 +64,13 @@ class SegmentWidget(QWidget):
         self.controls: Container = build_controls(self)
         self.train_panel = TrainPanel(viewer, self)
         tabs = QTabWidget()
-        tabs.addTab(self.controls.native, "Segment")
-        tabs.addTab(self.train_panel.native, "Train")
+        for container, title in ((self.controls, "Segment"), (self.train_panel, "Train")):
+            page = QWidget()
+            page_layout = QVBoxLayout(page)
+            page_layout.setContentsMargins(0, 0, 0, 0)
+            page_layout.addWidget(container.native)
+            page_layout.addStretch(1)  # controls at the top, not spread over the height
+            tabs.addTab(page, title)
         self.tabs = tabs
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
