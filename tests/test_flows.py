@@ -166,3 +166,14 @@ def test_thin_long_objects_keep_flows_to_their_ends():
     f3 = masks_to_flows(rod)
     assert np.all(f3[2, 3, 3, 2:90] > 0.99) and np.all(f3[2, 3, 3, 115:202] < -0.99)
     assert np.all(f3[2, 2:5, 2:5, 2:90] > 0.4) and np.all(f3[2, 2:5, 2:5, 115:202] < -0.4)
+
+
+def test_works_in_forked_child_after_parent_used_the_pool():
+    import multiprocessing as mp
+
+    lab = make_labels((96, 96), 20, seed=3)
+    expect = masks_to_flows(lab)  # the parent's thread pool now exists
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(masks_to_flows, (lab,)).get(timeout=60)
+    assert np.array_equal(got, expect)

@@ -22,6 +22,7 @@ cost scales with the objects' area, not the image area.  3D labels use a true 3D
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -125,7 +126,7 @@ def object_boxes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 _POOL: Optional[ThreadPoolExecutor] = None
-_POOL_N = 0
+_POOL_KEY: tuple = ()
 
 
 def n_threads() -> int:
@@ -140,13 +141,14 @@ def parallel_ranges(kernel, n: int, *args, args_after: tuple = (), chunks_per_th
     chunks concurrently (cheaper to compile than numba ``parallel=True``, and chunks are
     scheduled dynamically).  Returns the list of kernel results.
     """
-    global _POOL, _POOL_N
+    global _POOL, _POOL_KEY
     nt = n_threads()
     if nt == 1 or n < 2:
         return [kernel(*args, 0, n, *args_after)]
-    if _POOL is None or _POOL_N != nt:
+    key = (nt, os.getpid())  # a forked child (e.g. a DataLoader worker) needs its own pool
+    if _POOL is None or _POOL_KEY != key:
         _POOL = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="flowseg")
-        _POOL_N = nt
+        _POOL_KEY = key
     nch = min(n, nt * chunks_per_thread)
     edges = np.linspace(0, n, nch + 1).astype(np.int64)
     futs = [_POOL.submit(kernel, *args, int(a), int(b), *args_after)
