@@ -201,6 +201,13 @@ def masks_to_flows(labels, *, niter: Optional[int] = None, center: str = "median
     ids, lo, hi = ids[order].astype(lab.dtype), lo[order], hi[order]
     nfix = 0 if niter is None else int(niter)
     kernel = _flows_2d if lab.ndim == 2 else _flows_3d
-    parallel_ranges(kernel, ids.size, lab, ids, lo, hi,
-                    args_after=(nfix, center == "mean", out), chunks_per_thread=8)
+    c = 1.0 / 3 ** lab.ndim
+    todo = np.zeros(ids.size, np.uint8)
+    parallel_ranges(kernel, ids.size, lab, ids, lo, hi, chunks_per_thread=8,
+                    args_after=(nfix, center == "mean", np.float32(c), True, todo, out))
+    thin = np.flatnonzero(todo)
+    if thin.size:  # thin, elongated objects: float64 heat (compiled on first need)
+        parallel_ranges(kernel, thin.size, lab, ids[thin], lo[thin], hi[thin],
+                        args_after=(nfix, center == "mean", np.float64(c), False, todo[thin],
+                                    out))
     return out

@@ -80,9 +80,12 @@ def _diffuse_3d(T, m, cz, cy, cx, niter, c27):
 
 
 @njit(cache=True, nogil=True)
-def _object_2d(lab, lid, y0, x0, y1, x1, niter_fixed, use_mean, out):
+def _object_2d(lab, lid, y0, x0, y1, x1, niter_fixed, use_mean, c9, skip_thin, out):
+    """Flows of one object, heat in the dtype of ``c9`` (1/9); returns False (nothing
+    done) for a thin object when ``skip_thin``."""
     H, W = y1 - y0 + 2, x1 - x0 + 2
-    m = np.zeros((H, W), np.float32)
+    m = np.full((H, W), c9)
+    m[:] = 0
     cnt_y = np.zeros(H, np.int64)
     cnt_x = np.zeros(W, np.int64)
     n = 0
@@ -105,15 +108,14 @@ def _object_2d(lab, lid, y0, x0, y1, x1, niter_fixed, use_mean, out):
                 d = (i - my) ** 2 + (j - mx) ** 2
                 if d < best:
                     best, cy, cx = d, i, j
+    if skip_thin and (H + W - 4) ** 2 > _F64_ASPECT * n:
+        return False
     niter = niter_fixed if niter_fixed > 0 else 2 * (H + W)
-    if (H + W - 4) ** 2 > _F64_ASPECT * n:
-        T64 = np.zeros((H, W), np.float64)
-        _diffuse_2d(T64, m.astype(np.float64), cy, cx, niter, np.float64(1.0 / 9.0))
-        _write_2d(T64, m, y0, x0, out)
-    else:
-        T = np.zeros((H, W), np.float32)
-        _diffuse_2d(T, m, cy, cx, niter, np.float32(1.0 / 9.0))
-        _write_2d(T, m, y0, x0, out)
+    T = np.full((H, W), c9)
+    T[:] = 0
+    _diffuse_2d(T, m, cy, cx, niter, c9)
+    _write_2d(T, m, y0, x0, out)
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -132,9 +134,11 @@ def _write_2d(T, m, y0, x0, out):
 
 
 @njit(cache=True, nogil=True)
-def _object_3d(lab, lid, z0, y0, x0, z1, y1, x1, niter_fixed, use_mean, out):
+def _object_3d(lab, lid, z0, y0, x0, z1, y1, x1, niter_fixed, use_mean, c27, skip_thin, out):
+    """3D version of :func:`_object_2d` (``c27`` = 1/27)."""
     D, H, W = z1 - z0 + 2, y1 - y0 + 2, x1 - x0 + 2
-    m = np.zeros((D, H, W), np.float32)
+    m = np.full((D, H, W), c27)
+    m[:] = 0
     cnt_z = np.zeros(D, np.int64)
     cnt_y = np.zeros(H, np.int64)
     cnt_x = np.zeros(W, np.int64)
@@ -161,15 +165,14 @@ def _object_3d(lab, lid, z0, y0, x0, z1, y1, x1, niter_fixed, use_mean, out):
                     d = (a - mz) ** 2 + (i - my) ** 2 + (j - mx) ** 2
                     if d < best:
                         best, cz, cy, cx = d, a, i, j
+    if skip_thin and (D + H + W - 6) ** 2 > _F64_ASPECT_3D * n ** (2.0 / 3.0):
+        return False
     niter = niter_fixed if niter_fixed > 0 else 2 * (D + H + W)
-    if (D + H + W - 6) ** 2 > _F64_ASPECT_3D * n ** (2.0 / 3.0):
-        T64 = np.zeros((D, H, W), np.float64)
-        _diffuse_3d(T64, m.astype(np.float64), cz, cy, cx, niter, np.float64(1.0 / 27.0))
-        _write_3d(T64, m, z0, y0, x0, out)
-    else:
-        T = np.zeros((D, H, W), np.float32)
-        _diffuse_3d(T, m, cz, cy, cx, niter, np.float32(1.0 / 27.0))
-        _write_3d(T, m, z0, y0, x0, out)
+    T = np.full((D, H, W), c27)
+    T[:] = 0
+    _diffuse_3d(T, m, cz, cy, cx, niter, c27)
+    _write_3d(T, m, z0, y0, x0, out)
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -191,16 +194,19 @@ def _write_3d(T, m, z0, y0, x0, out):
 
 
 @njit(cache=True, nogil=True)
-def flows_2d(lab, ids, lo, hi, start, stop, niter_fixed, use_mean, out):
-    """Unit flows of objects ``start..stop-1`` (ids, boxes ``lo``/``hi``) into ``out``."""
+def flows_2d(lab, ids, lo, hi, start, stop, niter_fixed, use_mean, c9, skip_thin, todo, out):
+    """Unit flows of objects ``start..stop-1`` (ids, boxes ``lo``/``hi``) into ``out``;
+    heat in the dtype of ``c9``; thin objects skipped when ``skip_thin`` get todo = 1."""
     for p in range(start, stop):
-        _object_2d(lab, ids[p], lo[p, 0], lo[p, 1], hi[p, 0], hi[p, 1], niter_fixed,
-                   use_mean, out)
+        if not _object_2d(lab, ids[p], lo[p, 0], lo[p, 1], hi[p, 0], hi[p, 1], niter_fixed,
+                          use_mean, c9, skip_thin, out):
+            todo[p] = 1
 
 
 @njit(cache=True, nogil=True)
-def flows_3d(lab, ids, lo, hi, start, stop, niter_fixed, use_mean, out):
+def flows_3d(lab, ids, lo, hi, start, stop, niter_fixed, use_mean, c27, skip_thin, todo, out):
     """3D version of :func:`flows_2d`."""
     for p in range(start, stop):
-        _object_3d(lab, ids[p], lo[p, 0], lo[p, 1], lo[p, 2], hi[p, 0], hi[p, 1], hi[p, 2],
-                   niter_fixed, use_mean, out)
+        if not _object_3d(lab, ids[p], lo[p, 0], lo[p, 1], lo[p, 2], hi[p, 0], hi[p, 1],
+                          hi[p, 2], niter_fixed, use_mean, c27, skip_thin, out):
+            todo[p] = 1
