@@ -261,11 +261,12 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
         from .infer3d import run_3d
 
         flows, cellprob, styles = run_3d(model, x, rescale, anisotropy=anisotropy, **opts)
+        del x  # free the normalised volume before the 3D dynamics
         params["anisotropy"] = None if anisotropy is None else float(anisotropy)
     else:
         stack = x if sdim == 3 else x[None]
         y, styles = _run_2d(model, stack, rescale, **opts)
-        del stack
+        del stack, x
         flows = np.ascontiguousarray(np.moveaxis(y[:, :2], 1, 0)) * np.float32(0.2)
         cellprob = np.ascontiguousarray(y[:, 2])
         del y

@@ -187,6 +187,9 @@ def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
     ys, xs = tile_starts(Hp, bsize, tile_overlap, augment), tile_starts(Wp, bsize, tile_overlap, augment)
     ly, lx = min(bsize, Hp), min(bsize, Wp)
     mask = taper_mask(ly, lx)
+    # large (whole-image) tiles: fewer per batch, so a batch never holds more pixels than
+    # batch_size tiles of 224 x 224 (bounded activation memory, as with Cellpose tiles)
+    batch_size = max(1, min(int(batch_size), int(batch_size) * 224 * 224 // (ly * lx)))
     tiles = [(n, j, i) for n in range(N) for j in range(len(ys)) for i in range(len(xs))]
     ntot = len(tiles)
     nout = None
