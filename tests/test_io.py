@@ -59,6 +59,7 @@ def test_newer_format_and_missing_files(tmp_path):
 
 def test_bundled_names(tmp_path, monkeypatch):
     monkeypatch.setattr(model_mod, "_models_dir", lambda: tmp_path)
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "cp"))
     assert available_models() == []
     with pytest.raises(ValueError, match=r"no bundled model named 'cyto' \(available: none"):
         Model.load("cyto")
@@ -67,6 +68,11 @@ def test_bundled_names(tmp_path, monkeypatch):
     assert Model.load("nuclei").net.nbase[1] == 2
     with pytest.raises(ValueError, match="available: nuclei"):
         Model.load("cyto")
+    # a model downloaded by Cellpose (bare state dict, no extension) is found by name
+    (tmp_path / "cp").mkdir()
+    Model.new(width=3, seed=0).export_cellpose(tmp_path / "cp" / "cyto3")
+    m = Model.load("cyto3")
+    assert m.meta["source"] == "cellpose" and m.net.nbase[1] == 3
 
 
 def test_devices():

@@ -209,3 +209,15 @@ def test_degenerate_images_give_empty_results():
     assert one.masks.shape == (1, 1)
     tiny = m.segment(np.random.default_rng(0).random((3, 2)))
     assert tiny.masks.shape == (3, 2)
+
+
+def test_augment_unflips_flows():
+    labels = make_labels((260, 300), diameter=30, seed=9)
+    m = _oracle_model()
+    plain = m.segment(labels.astype(np.float32), normalize=False, channels=(0, None))
+    aug = m.segment(labels.astype(np.float32), normalize=False, channels=(0, None), augment=True)
+    # flipped tiles whose flows were not un-flipped and negated would cancel out
+    inside = labels > 0
+    cos = (plain.flows * aug.flows).sum(0)[inside]
+    assert np.median(cos) > 0.9
+    assert average_precision(labels, aug.masks, thresholds=0.9)[0] > 0.9

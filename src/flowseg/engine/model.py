@@ -4,7 +4,9 @@
 
 * a bundled name (``"cyto"``, ``"nuclei"``: files ``flowseg/models/<name>.pt``),
 * a path to one of our model files (state dict + metadata, see :mod:`flowseg.engine.io`),
-* a path to a Cellpose 1-3 weight file (e.g. ``~/.cellpose/models/cyto3``), used as-is.
+* a path to a Cellpose 1-3 weight file (e.g. ``~/.cellpose/models/cyto3``), used as-is;
+  a bare name that is not bundled is also looked up in Cellpose's model folder
+  (:func:`cellpose_models_dir`), so ``Model.load("cyto3")`` finds a downloaded Cellpose 3 model.
 
 Segmentation itself lives in :mod:`flowseg.engine.infer` (2D, tiling) and
 :mod:`flowseg.engine.infer3d` (3D); :class:`Segmentation` is defined in
@@ -26,7 +28,7 @@ from .io import ModelFileError, check_state_dict, export_cellpose, load_model_fi
 from .net import FlowNet, nbase_for_width
 from .segmentation import Segmentation
 
-__all__ = ["Model", "Segmentation", "available_models", "resolve_device"]
+__all__ = ["Model", "Segmentation", "available_models", "cellpose_models_dir", "resolve_device"]
 
 _DEFAULT_NORMALIZE = [1.0, 99.0]
 
@@ -39,6 +41,13 @@ def available_models() -> list[str]:
     """Names of the bundled models (``flowseg/models/<name>.pt``)."""
     d = _models_dir()
     return sorted(p.stem for p in d.glob("*.pt")) if d.is_dir() else []
+
+
+def cellpose_models_dir() -> Path:
+    """Where Cellpose keeps downloaded models (``$CELLPOSE_LOCAL_MODELS_PATH`` or
+    ``~/.cellpose/models``); ``Model.load("cyto3")`` finds them there."""
+    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
+    return Path(env).expanduser() if env else Path.home() / ".cellpose" / "models"
 
 
 def resolve_device(device: Any = None) -> torch.device:
@@ -132,9 +141,12 @@ class Model:
             names = available_models()
             cand = _models_dir() / f"{s}.pt"
             if not cand.is_file():
+                cand = cellpose_models_dir() / s  # a model Cellpose already downloaded
+            if not cand.is_file():
                 avail = ", ".join(names) if names else "none bundled"
-                raise ValueError(f"no bundled model named {s!r} (available: {avail}); pass a "
-                                 "path to a flowseg or Cellpose 1-3 model file instead")
+                raise ValueError(f"no bundled model named {s!r} (available: {avail}; also "
+                                 f"looked in {cellpose_models_dir()}); pass a path to a "
+                                 "flowseg or Cellpose 1-3 model file instead")
             path = cand
         else:
             raise FileNotFoundError(f"model file {p} not found")
