@@ -53,12 +53,12 @@ def estimate_diameter_prepared(model: "Model", x: np.ndarray, *, batch_size: int
                                refine: bool = True, progress: Optional[ProgressCallback] = None,
                                cancel: CancelToken = None) -> float:
     """Diameter estimate for a prepared (channel-selected, normalised) 2D image ``(H, W, C)``."""
-    from .infer import _run_2d, default_niter
+    from .infer import WHOLE_MAX, _run_2d, default_niter
     from .segmentation import compute_masks
 
     report(progress, "size", 0, 2, "estimating the object size")
     if model.size_model is not None:
-        _, style = run_tiled(model.net, x, batch_size=batch_size, cancel=cancel)
+        _, style = run_tiled(model.net, x, batch_size=batch_size, cancel=cancel)  # 224 tiles
         diam = style_diameter(model.size_model, style)
     else:
         diam = model.diam_mean
@@ -67,7 +67,8 @@ def estimate_diameter_prepared(model: "Model", x: np.ndarray, *, batch_size: int
         check_cancel(cancel)
         rescale = model.diam_mean / diam
         y, _ = _run_2d(model, x[None], rescale, bsize=224, tile_overlap=0.1,
-                       batch_size=batch_size, augment=False, progress=None, cancel=cancel)
+                       batch_size=batch_size, augment=False, progress=None, cancel=cancel,
+                       whole_max=WHOLE_MAX)
         masks = compute_masks(y[0, :2] * np.float32(0.2), y[0, 2],
                               niter=default_niter(diam, model.diam_mean))
         d, _ = mask_diameters(masks)
