@@ -85,6 +85,16 @@ def test_touching_objects_independent_and_sparse_ids():
     assert np.allclose(fr[1], -fl[1][:, ::-1], atol=1e-5)
 
 
+def test_uint64_ids_beyond_int64():
+    lab = np.zeros((30, 30), np.uint64)
+    lab[2:12, 2:12] = 2**64 - 1
+    lab[15:25, 15:25] = 2**63 + 5
+    ref = np.zeros((30, 30), np.int32)
+    ref[2:12, 2:12] = 1
+    ref[15:25, 15:25] = 2
+    assert np.array_equal(masks_to_flows(lab), masks_to_flows(ref))
+
+
 def test_one_pixel_objects_and_lines():
     lab = np.zeros((10, 10), np.uint8)
     lab[0, 0] = 1  # corner single pixel

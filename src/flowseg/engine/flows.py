@@ -11,12 +11,13 @@ For every object, on its bounding box padded by one pixel:
 * ``N = 2 * sum(extent_k + 2)`` where ``extent_k`` is the object's bounding-box size along
   axis ``k`` (the padded box; this is the reference's 2D CPU count);
 * the flow at an object pixel is the central-difference gradient of the final heat,
-  ``(T[i+1] - T[i-1]) / 2`` along each axis (outside pixels read 0; no log transform, as in
+  ``T[i+1] - T[i-1]`` along each axis (outside pixels read 0; no log transform, as in
   the reference CPU path), divided by its length.  Pixels where the gradient is exactly 0
   (1-pixel objects, pieces of an object not connected to its centre) get flow 0.
 
 The work is done per object on its box, in parallel over objects (threads), so the
-cost scales with the objects' area, not the image area.  3D labels use a true 3D diffusion
+cost scales with the objects' area, not the image area.  The heat is float32, or float64
+for thin elongated objects whose float32 heat would underflow far from the centre.  3D labels use a true 3D diffusion
 (the reference CPU path instead sums 2D flows of the three slice orientations).
 """
 
@@ -80,6 +81,10 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
     lo, hi = arr.min(), arr.max()
     if lo < 0:
         raise ValueError(f"{name} must be non-negative (0 = background), got minimum {lo}")
+    if hi >= 2**62:  # e.g. uint64 ids beyond int64: renumber, keeping 0 as background
+        uniq, inv = np.unique(arr, return_inverse=True)
+        arr = inv.reshape(arr.shape) + (0 if uniq[0] == 0 else 1)
+        hi = arr.max()
     dtype = np.int32 if hi < 2**31 - 1 else np.int64
     return np.ascontiguousarray(arr, dtype=dtype)
 
