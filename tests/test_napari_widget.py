@@ -235,20 +235,23 @@ def _bundled(name):
     return bundled_models().get(name)
 
 
-@pytest.mark.skipif(_bundled("nuclei") is None, reason="bundled 'nuclei' model not trained yet")
-def test_bundled_model_on_sample_counts_cells(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model, key", [("nuclei", "nuclei"), ("cyto", "cells")])
+def test_bundled_model_on_sample_counts_cells(make_napari_viewer, qtbot, tmp_path, monkeypatch,
+                                              model, key):
+    if _bundled(model) is None:
+        pytest.skip(f"bundled {model!r} model not trained yet")
     monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(tmp_path))
     viewer, w = _widget(make_napari_viewer)
-    (layer,) = viewer.open_sample("napari-flowseg", "nuclei")
-    w.controls.model.value = str(_bundled("nuclei"))
-    w.controls.diameter.value = 0  # the model's size estimate
+    (layer,) = viewer.open_sample("napari-flowseg", key)
+    w.controls.model.value = str(_bundled(model))
+    w.controls.diameter.value = 0  # the model's own size
     w.run()
     _wait_run(qtbot, w, timeout=120000)
     outs = {_layers.role_of(ly): ly for ly in _layers.find_outputs(viewer.layers, layer)}
     assert isinstance(outs["flows"], napari.layers.Vectors) and len(outs["flows"].data) > 100
     from flowseg.engine.samples import load_sample
 
-    truth = load_sample("nuclei")[1]["labels"]
+    truth = load_sample(key)[1]["labels"]
     n_true = len(np.unique(truth)) - 1
     n = len(np.unique(outs["masks"].data)) - 1
     assert abs(n - n_true) <= 0.1 * n_true, (n, n_true)
