@@ -198,6 +198,8 @@ def test_bad_input_is_rejected_clearly():
         m.segment(np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(ValueError, match="normalize"):
         m.segment(img, normalize="yes")
+    with pytest.raises(ValueError, match="diameter=0.01 would resize"):
+        m.segment(img, diameter=0.01)
 
 
 def test_degenerate_images_give_empty_results():

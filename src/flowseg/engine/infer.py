@@ -145,6 +145,19 @@ def _run_2d(model: "Model", x: np.ndarray, rescale: float, *, bsize: int, tile_o
 
 
 _EMPTY_LOGIT = -20.0
+_MAX_WORK_PIXELS = 1 << 28  # 268 M pixels (1 GiB per float32 channel) at the model's scale
+
+
+def _check_work_size(spatial: Sequence[int], rescale: float, zf: float, diameter: float,
+                     diam_mean: float) -> None:
+    """Refuse a diameter that would blow the image up beyond any sensible memory use."""
+    n = float(np.prod(spatial[-2:])) * rescale ** 2
+    if len(spatial) == 3:
+        n *= spatial[0] * zf
+    if n > _MAX_WORK_PIXELS:
+        raise ValueError(f"diameter={diameter:g} would resize the image by {rescale:.3g}x (to "
+                         f"{n / 1e6:.0f} M pixels) to reach the model's {diam_mean:g}-pixel "
+                         "objects; check the diameter (it is in pixels of this image)")
 
 
 def _is_constant(x: np.ndarray) -> bool:
@@ -247,6 +260,8 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
             diameter = model.diam_mean
             source = "model diam_mean (no size model; pass diameter to resize)"
     rescale = model.diam_mean / diameter
+    zf = rescale * float(anisotropy or 1.0) if (sdim == 3 and do_3d) else 1.0
+    _check_work_size(x.shape[:-1], rescale, zf, diameter, model.diam_mean)
     if niter is None:
         niter = default_niter(diameter, model.diam_mean)
     params: dict[str, Any] = dict(cellprob_threshold=float(cellprob_threshold),
