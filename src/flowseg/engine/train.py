@@ -16,6 +16,7 @@ run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -78,8 +79,15 @@ def _check_writable(path: Optional[os.PathLike], overwrite: bool, what: str) -> 
         raise ValueError(f"{what} {p} is a folder; give a file name")
     if not p.parent.is_dir():
         raise FileNotFoundError(f"the folder of the {what} {p} does not exist")
-    if not os.access(p.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write the {what} {p}: folder {p.parent} is read-only")
+    try:  # a real write also catches read-only file systems (and works for root)
+        if not os.access(p.parent, os.W_OK | os.X_OK):
+            raise OSError
+        fd, tmp = tempfile.mkstemp(prefix=".flowseg-write-test.", dir=p.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError:
+        raise PermissionError(f"cannot write the {what} {p}: folder {p.parent} is read-only"
+                              ) from None
     if p.exists() and not overwrite:
         raise FileExistsError(f"{what} {p} already exists (pass overwrite=True to replace it)")
     return p
@@ -176,7 +184,8 @@ def train(
     min_masks : int
         Images with fewer objects are skipped (with a warning).
     n_per_epoch : int, optional
-        Crops per epoch (default: ``max(len(images), batch_size)``).
+        Crops per epoch (default: the number of 2D training samples, at least the
+        recipe's ``min_per_epoch`` and ``batch_size``).
     val_every : int, optional
         Validate every this many epochs (default: ``max(1, epochs // 10)``) and at the end.
     names : sequence of str, optional
@@ -256,7 +265,8 @@ def train(
 
     dm = model.diam_mean
     scales = _base_scales(samples, dm, rescale, diameter)
-    nper = int(n_per_epoch) if n_per_epoch else max(len(samples), cfg["batch_size"])
+    nper = (int(n_per_epoch) if n_per_epoch
+            else max(len(samples), cfg["batch_size"], int(cfg.get("min_per_epoch", 0))))
     nep = cfg["epochs"]
     vevery = int(val_every) if val_every else max(1, nep // 10)
     lrs = lr_schedule(nep, cfg["learning_rate"], cfg["warmup"])
@@ -367,7 +377,7 @@ def train(
         net.load_state_dict(best["state_dict"])
     from .trainfinish import finish_model
 
-    finish_model(model, samples, cfg, hist, best, cancelled=cancelled, epochs_done=epoch,
+    finish_model(model, samples, labels, cfg, hist, best, cancelled=cancelled, epochs_done=epoch,
                  seconds=time.monotonic() - t_start, progress=progress)
     if save_path is not None:
         model.save(save_path, overwrite=overwrite)

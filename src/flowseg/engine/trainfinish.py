@@ -4,32 +4,43 @@ from __future__ import annotations
 
 import datetime as _dt
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from .progress import report
 from .trainprep import SampleSet
 
 __all__ = ["finish_model", "fit_size"]
 
 
-def fit_size(model, samples: SampleSet, progress=None) -> Optional[dict]:
-    """Fit the style -> diameter regression on the training samples, if available."""
-    try:
-        from .size import fit_size_model
-    except (ModuleNotFoundError, ImportError):
+def fit_size(model, samples: SampleSet, labels: Sequence[np.ndarray], *, max_images: int = 64,
+             seed: int = 0, progress=None, cancel=None) -> Optional[dict]:
+    """Fit the style -> diameter regression (:func:`flowseg.engine.size.fit_size_model`).
+
+    Uses the prepared (normalised) 2D training samples -- XY slices for volumes -- and
+    their labels, at most ``max_images`` of them (a seeded random subset).
+    """
+    from .size import fit_size_model
+
+    keep = [i for i, (k, z) in enumerate(samples.sources) if z is None or z >= 0]
+    if len(keep) > max_images:
+        keep = sorted(np.random.default_rng(seed).choice(keep, max_images, replace=False))
+    imgs, labs = [], []
+    for i in keep:
+        k, z = samples.sources[i]
+        lab = np.asarray(labels[k]) if z is None else np.asarray(labels[k])[z]
+        imgs.append(np.moveaxis(np.asarray(samples.images[i], np.float32), 0, -1))
+        labs.append(lab)
+    if not imgs:
         return None
-    images = [np.moveaxis(np.asarray(x, np.float32), 0, -1) for x in samples.images]
-    try:
-        return fit_size_model(model, images, list(samples.diameters), progress=progress)
-    except TypeError:
-        return fit_size_model(model, images, list(samples.diameters))
+    return fit_size_model(model, imgs, labs, normalize=False, seed=seed, store=False,
+                          progress=progress, cancel=cancel)
 
 
-def finish_model(model, samples: SampleSet, cfg: dict, hist: dict, best: Optional[dict], *,
-                 cancelled: bool, epochs_done: int, seconds: float, progress=None) -> None:
+def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: dict, hist: dict,
+                 best: Optional[dict], *, cancelled: bool, epochs_done: int, seconds: float,
+                 progress=None) -> None:
     """Write the training record (and the fitted size model) into ``model.meta``."""
     d = samples.diameters
     diam_labels = float(np.mean(d[d > 0])) if np.any(d > 0) else float(model.diam_mean)
@@ -58,11 +69,9 @@ def finish_model(model, samples: SampleSet, cfg: dict, hist: dict, best: Optiona
     meta["training"] = record
     meta["source"] = "trained"
     meta.pop("path", None)
-    report(progress, "size", 0, 1, "fitting the size model")
     try:
-        sm = fit_size(model, samples, progress=None)
-    except ValueError as exc:  # e.g. too few images to fit
+        sm = fit_size(model, samples, labels, seed=int(cfg.get("seed") or 0), progress=progress)
+    except ValueError as exc:  # e.g. too few objects to fit
         warnings.warn(f"size model not fitted: {exc}", stacklevel=3)
         sm = None
     meta["size_model"] = sm  # the starting model's regression no longer fits the new styles
-    report(progress, "size", 1, 1)

@@ -39,6 +39,8 @@ class SampleSet:
         Median object diameter of each sample (pixels).
     names : list of str
         Source name of each sample (``name[z=3]`` for slices).
+    sources : list of (int, int or None)
+        Input index and z of each sample (z None for 2D inputs, -1 for XZ / YZ slices).
     """
 
     images: list = field(default_factory=list)
@@ -46,6 +48,7 @@ class SampleSet:
     fgs: list = field(default_factory=list)
     diameters: list = field(default_factory=list)
     names: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -94,7 +97,7 @@ def _channels_first(image: np.ndarray, spatial_ndim: int, channels, nchan: int,
 def _slices_3d(x: np.ndarray, lab: np.ndarray, anisotropy: Optional[float], name: str):
     """2D (image (C,H,W), labels (H,W), name) slices of a volume ``x`` (C,Z,Y,X)."""
     for z in range(lab.shape[0]):
-        yield x[:, z], lab[z], f"{name}[z={z}]"
+        yield x[:, z], lab[z], f"{name}[z={z}]", z
     if anisotropy is None:
         return
     a = float(anisotropy)
@@ -104,9 +107,9 @@ def _slices_3d(x: np.ndarray, lab: np.ndarray, anisotropy: Optional[float], name
     zx = ndi.zoom(x, (1, a, 1, 1), order=1, prefilter=False) if a != 1 else x
     zl = ndi.zoom(lab, (a, 1, 1), order=0, prefilter=False) if a != 1 else lab
     for y in range(lab.shape[1]):
-        yield zx[:, :, y], zl[:, y], f"{name}[y={y}]"
+        yield zx[:, :, y], zl[:, y], f"{name}[y={y}]", -1
     for xx in range(lab.shape[2]):
-        yield zx[:, :, :, xx], zl[:, :, xx], f"{name}[x={xx}]"
+        yield zx[:, :, :, xx], zl[:, :, xx], f"{name}[x={xx}]", -1
 
 
 def prepare_samples(
@@ -168,8 +171,9 @@ def prepare_samples(
         if x.shape[1:] != lab.shape:
             raise ValueError(f"{what} image #{k} ({names[k]}) gives shape {x.shape[1:]} after "
                              f"channel selection but its labels have shape {lab.shape}")
-        parts = [(x, lab, names[k])] if lab.ndim == 2 else _slices_3d(x, lab, anisotropy, names[k])
-        for xs, ls, nm in parts:
+        parts = ([(x, lab, names[k], None)] if lab.ndim == 2
+                 else _slices_3d(x, lab, anisotropy, names[k]))
+        for xs, ls, nm, z in parts:
             n_obj = int(np.count_nonzero(np.bincount(ls.ravel())[1:]))
             if n_obj < int(min_masks):
                 skipped.append(nm)
@@ -179,6 +183,7 @@ def prepare_samples(
             out.fgs.append((ls > 0).astype(np.uint8))
             out.diameters.append(median_diameter(ls))
             out.names.append(nm)
+            out.sources.append((k, z))
         report(progress, "flows", k + 1, len(images), names[k])
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")

@@ -75,3 +75,4 @@ def validate(model, val: SampleSet, images, labels, *, crop: int, rescale: bool 
     ap = segmentation_ap(model, images, labels, channels=channels, progress=progress,
                          cancel=cancel)
     return vl, ap
+
