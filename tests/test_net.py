@@ -140,3 +140,25 @@ def test_peer_standard_cpnet_equivalence(tmp_path):
     model = Model.load(tmp_path / "cyto3_like", device="cpu")
     assert model.net.nbase == [2, 32, 64, 128, 256]
     _check_outputs(model, fx)
+
+
+@pytest.mark.peer
+def test_peer_segment_outputs_match(tmp_path):
+    """Same weights and image: our tiled pipeline reproduces CellposeModel.eval's outputs."""
+    py = os.environ.get("FLOWSEG_PEER_PYTHON")
+    if not py:
+        pytest.skip("FLOWSEG_PEER_PYTHON not set")
+    from flowseg.engine.synthetic import make_sample
+
+    model = Model.new(width=32, seed=5)
+    model.export_cellpose(tmp_path / "w")
+    img = make_sample("cells", (300, 260), diameter=30, with_nuclei=True, seed=2).image
+    np.save(tmp_path / "img.npy", img)
+    subprocess.run([py, str(REPO / "benchmarks" / "peer_segment.py"), str(tmp_path / "w"),
+                    str(tmp_path / "img.npy"), str(tmp_path / "ref.npz"), "--runs", "1"],
+                   check=True, capture_output=True)
+    ref = np.load(tmp_path / "ref.npz")
+    seg = model.segment(img, channels=(0, 1), diameter=30, whole_max=0)  # Cellpose's tiling
+    assert np.abs(seg.flows * 5 - ref["dP"]).max() < 1e-3
+    assert np.abs(seg.cellprob - ref["cellprob"]).max() < 1e-3
+    np.testing.assert_allclose(seg.styles, ref["styles"], atol=1e-5)
