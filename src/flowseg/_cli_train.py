@@ -138,6 +138,9 @@ def run_train(args: argparse.Namespace) -> int:
     from .engine.train import train
 
     recipe = args.recipe or ("finetune" if args.model else "from_scratch")
+    for d in (args.dir, args.val_dir):
+        if d and not Path(d).is_dir():
+            raise FileNotFoundError(f"training folder {d} does not exist")
     channels = _channels(args.channels)
     if args.out:
         out = Path(args.out)

@@ -350,9 +350,10 @@ def train(
                 hist["val_loss"].append(vloss)
                 hist["val_ap"].append(vap)
                 info.update(val_loss=vloss, val_ap=vap)
-                score = vap if vap is not None else -vloss
-                if best is None or score > best["score"]:
-                    best = {"epoch": epoch + 1, "score": float(score),
+                # best by AP@0.5, ties (e.g. all 0 early on) broken by the validation loss
+                score = [float(vap) if vap is not None else 0.0, -float(vloss)]
+                if best is None or score > list(best["score"]):
+                    best = {"epoch": epoch + 1, "score": score,
                             "state_dict": {k: v.detach().clone() for k, v in
                                            net.state_dict().items()}}
             report(progress, "epoch", epoch + 1, nep, "", **info)

@@ -1,0 +1,64 @@
+"""``flowseg train`` and ``flowseg eval`` on a tiny synthetic folder."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+
+from flowseg.cli import main
+from flowseg.engine.synthetic import make_sample
+
+
+@pytest.fixture
+def folder(tmp_path):
+    import imageio.v3 as iio
+
+    d = tmp_path / "data"
+    d.mkdir()
+    for k in range(3):
+        s = make_sample("cells", (96, 96), seed=k)
+        tifffile.imwrite(d / f"img{k}.tif", (s.image * 1000).astype(np.uint16))
+        iio.imwrite(d / f"img{k}_masks.png", s.labels.astype(np.uint16))
+    return d
+
+
+def test_train_then_eval(folder, tmp_path, capsys):
+    from flowseg.engine.model import Model
+
+    out = tmp_path / "m.pt"
+    rc = main(["train", "--dir", str(folder), "--width", "8", "--crop", "64", "--epochs", "2",
+               "--val-fraction", "0.34", "--out", str(out), "--seed", "1"])
+    assert rc == 0 and out.is_file() and (tmp_path / "m.pt.ckpt").is_file()
+    rec = Model.load(out).meta["training"]
+    assert rec["epochs_done"] == 2 and rec["config"]["recipe"] == "from_scratch"
+    assert len(rec["images"]) == 2 and rec["val_epoch"] == [1, 2]
+    # resuming a finished run with more epochs continues from the checkpoint
+    rc = main(["train", "--dir", str(folder), "--width", "8", "--crop", "64", "--epochs", "3",
+               "--val-fraction", "0.34", "--out", str(out), "--overwrite", "--seed", "1",
+               "--resume", str(tmp_path / "m.pt.ckpt")])
+    assert rc == 0 and Model.load(out).meta["training"]["epochs_done"] == 3
+    capsys.readouterr()
+    rc = main(["eval", "--dir", str(folder), "--model", str(out), "--csv",
+               str(tmp_path / "ap.csv"), "--true-diameter"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "3 image(s)" in text and "AP@0.5 =" in text and "AP@0.9 =" in text
+    rows = list(csv.DictReader(open(tmp_path / "ap.csv")))
+    assert [r["image"] for r in rows] == ["img0.tif", "img1.tif", "img2.tif"]
+    assert all(0.0 <= float(r["ap50"]) <= 1.0 for r in rows)
+
+
+def test_train_errors(folder, tmp_path, capsys):
+    rc = main(["train", "--dir", str(tmp_path / "nope"), "--epochs", "1"])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    (tmp_path / "old.pt").write_bytes(b"x")
+    rc = main(["train", "--dir", str(folder), "--epochs", "1", "--out", str(tmp_path / "old.pt")])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+    rc = main(["train", "--dir", str(folder), "--epochs", "1", "--crop", "50", "--width", "8",
+               "--out", str(tmp_path / "new.pt")])
+    assert rc == 2 and "multiple of 8" in capsys.readouterr().err
+    rc = main(["eval", "--dir", str(folder), "--model", str(tmp_path / "none.pt")])
+    assert rc == 2 and "not found" in capsys.readouterr().err
