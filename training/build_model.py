@@ -42,19 +42,29 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly (keeping a checkpoint) after this many minutes")
+    p.add_argument("--stage", choices=["all", "1", "2"], default="all",
+                   help="recipes with a 'stage2' entry: run both stages (default) or one")
     args = p.parse_args(argv)
 
     import flowseg
     from flowseg.engine.progress import ProgressEvent
 
     cfg = dict(RECIPES[args.model])
+    stage2 = cfg.pop("stage2", None)
     if args.epochs:
         cfg["epochs"] = args.epochs
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out or ROOT / "src" / "flowseg" / "models" / f"{args.model}.pt")
-    ckpt = runs / f"{args.model}.ckpt"
+    final = Path(args.out or ROOT / "src" / "flowseg" / "models" / f"{args.model}.pt")
+    stage1_out = runs / f"{args.model}_stage1.pt" if stage2 else final
     log = open(runs / f"{args.model}.log", "a", buffering=1)
+    start = None
+    out, ckpt = stage1_out, runs / f"{args.model}.ckpt"
+    if args.stage == "2":
+        if not stage2:
+            p.error(f"{args.model} has no second stage")
+        cfg.update(stage2)
+        start, out, ckpt = stage1_out, final, runs / f"{args.model}_stage2.ckpt"
 
     t0 = time.time()
     data = load_training_set(args.model, Path(args.data))
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
         return deadline is not None and time.time() > deadline
 
     res = flowseg.train(
-        None,
+        start,
         data["train_images"],
         data["train_labels"],
         val_images=data["val_images"],
@@ -112,6 +122,10 @@ def main(argv=None) -> int:
     }
     print(json.dumps(summary), file=log)
     print(json.dumps(summary))
+    if args.stage == "all" and stage2 and not res.cancelled:
+        rest = ["--stage", "2", "--runs", str(runs), "--data", args.data, "--out", str(final)]
+        rest += [] if args.threads is None else ["--threads", str(args.threads)]
+        return main([args.model] + rest)
     return 0
 
 

@@ -1,0 +1,127 @@
+"""Write a bundled model's card from its training record and its evaluation.
+
+Usage (from the repository root, after ``build_model.py`` and ``evaluate_model.py``)::
+
+    python training/write_card.py nuclei      # -> src/flowseg/models/nuclei.md
+
+Every number in the card comes from the model file's training record (``meta["training"]``)
+and ``runs/<model>_eval.json``; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from data import N_VAL, RECIPES  # noqa: E402
+
+DATA = {
+    "nuclei": (
+        "Nuclei from the 2018 Data Science Bowl (BBBC038v1, stage 1 train, community-corrected "
+        "masks): fluorescence, brightfield and stained tissue, used as one gray channel. "
+        "Licence CC0 1.0. Cite: Caicedo et al., Nature Methods 16, 1247-1253 (2019).",
+        ["dsb2018"],
+    ),
+    "cyto": (
+        "Whole cells in phase-contrast microscopy (Usiigaci: NIH/3T3 and T98G, 10x, hand-annotated; "
+        "MIT licence, (c) 2018 Okinawa Institute of Science and Technology; cite Tsai et al., "
+        "SoftwareX 9, 230-237 (2019)), repeated 4x per epoch; one in four of the Data Science Bowl "
+        "nuclei images (CC0 1.0; Caicedo et al., Nature Methods 16, 1247-1253 (2019)); 40 images "
+        "rendered by `flowseg.engine.synthetic` (fluorescent and phase-contrast-like cytoplasm "
+        "with a nuclear channel). Input: cytoplasm + optional nuclear channel (zeros if absent).",
+        ["usiigaci"],
+    ),
+}
+
+USE = {
+    "nuclei": "Nuclear stains (DAPI/Hoechst-like fluorescence), brightfield or H&E nuclei; "
+              "gray input; objects ~17 px across after resizing (the size model estimates it).",
+    "cyto": "Whole cells (cytoplasm) in phase contrast or fluorescence, optionally with a "
+            "nuclear channel; objects ~30 px across after resizing.",
+}
+
+
+def main(name: str) -> Path:
+    import flowseg
+
+    model = flowseg.Model.load(name)
+    meta = model.meta
+    tr = meta.get("training", {})
+    ev = json.loads((ROOT / "runs" / f"{name}_eval.json").read_text())
+    cfg = RECIPES[name]
+    desc, sources = DATA[name]
+    splits = "\n".join(
+        f"- `{s}`: {N_VAL[s]} images, listed in `training/splits/{s}_val.txt`" for s in sources)
+    ap = ev["ap_true_diameter"]
+    ape = ev.get("ap_estimated_diameter")
+    size_line = (f"- Size model: estimated diameter within 20 % of the true median diameter on "
+                 f"**{100 * ev['size_within_20pct']:.0f} %** of validation images (median "
+                 f"relative error {100 * ev['size_median_rel_error']:.1f} %); AP with the "
+                 f"estimated diameter: {ape['0.5']:.3f} / {ape['0.75']:.3f} / {ape['0.9']:.3f}."
+                 if ape else "- Size model: not fitted.")
+    val_hist = ", ".join(f"epoch {e}: {a}" for e, a in zip(tr.get("val_epoch", []),
+                                                             tr.get("val_ap", [])))
+    nparams = sum(p.numel() for p in model.net.parameters())
+    size_mb = (ROOT / "src" / "flowseg" / "models" / f"{name}.pt").stat().st_size / 1e6
+    text = f"""# Model card: `{name}`
+
+Bundled with napari-flowseg; load with `flowseg.Model.load("{name}")`. Trained by the
+napari-flowseg developers with `flowseg.train`; rebuild it with
+`python training/build_model.py {name}` (fixed seed {cfg['seed']}; data read from
+`../shared/data`, never shipped).
+
+## Intended use
+{USE[name]}
+
+## Architecture
+Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} (base width
+{cfg['width']}: half the standard 32, chosen so the model trains on a 2-core CPU inside one
+session and runs ~4x faster on laptops), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file.
+Mean diameter `diam_mean` = {meta.get('diam_mean')} px. Percentile normalisation
+{meta.get('normalize', [1, 99])}.
+
+## Training data
+{desc}
+
+Validation split held out from the shared folder (never trained on):
+{splits}
+
+## Recipe
+`{cfg['recipe']}`: SGD momentum 0.9, learning rate {cfg['learning_rate']} with linear warm-up
+and a final decay, weight decay 1e-5, batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']}
+crops, {cfg['n_per_epoch']} crops per epoch, {cfg['epochs']} epochs (epochs done:
+{tr.get('epochs_done')}; best epoch by validation AP@0.5: {tr.get('best_epoch')}); random
+rotation (flow vectors rotated), flips, scale 0.75-1.25 around the common diameter.
+Loss: MSE on 5x flows / 2 + BCE on cell probability.
+Wall time {tr.get('seconds', 0) / 60:.0f} min of training (resumed from checkpoints; the CPU was
+shared with other jobs) on {platform.machine()} CPU, 2 cores, 1 thread, no GPU.
+Validation AP@0.5 during training: {val_hist or 'n/a'}.
+
+## Validation results ({ev['n_images']} held-out images, mean over images)
+- AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /
+  {ap['0.9']:.3f}
+{size_line}
+
+Produced by `python training/evaluate_model.py {name}` (see `runs/{name}_eval.json` when
+rebuilt); AP = TP / (TP + FP + FN) with IoU matching.
+
+## Limitations
+Trained on a small CPU budget with a narrow network; expect lower accuracy than the
+standard-width Cellpose models on unusual modalities. Fine-tune on a few corrected images
+(`flowseg train --model {name} --recipe finetune ...` or the napari Train panel).
+"""
+    out = ROOT / "src" / "flowseg" / "models" / f"{name}.md"
+    out.write_text(text)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    for n in sys.argv[1:] or ["nuclei", "cyto"]:
+        main(n)
