@@ -96,7 +96,8 @@ def _tiny(n=3, shape=(128, 128)):
 
 def test_resume_continues_exactly(tmp_path):
     ti, tl = _tiny()
-    kw = dict(recipe="finetune", epochs=4, crop=64, batch_size=4, seed=1, checkpoint_every=0)
+    kw = dict(recipe="finetune", epochs=4, crop=64, batch_size=4, n_per_epoch=4, seed=1,
+              checkpoint_every=0)
     m0 = Model.new(width=8, seed=0)
     full = train(m0, ti, tl, checkpoint_path=tmp_path / "a.ckpt", **kw)
     done = {"n": 0}
@@ -138,7 +139,7 @@ def test_cancel_keeps_best_and_saves(tmp_path):
 
 def test_deterministic_with_seed():
     ti, tl = _tiny(2)
-    kw = dict(epochs=2, crop=64, batch_size=2, seed=3)
+    kw = dict(epochs=2, crop=64, batch_size=2, n_per_epoch=2, seed=3)
     a = train(Model.new(width=8, seed=0), ti, tl, **kw).history["loss"]
     b = train(Model.new(width=8, seed=0), ti, tl, **kw).history["loss"]
     assert a == b
