@@ -89,7 +89,8 @@ def main() -> None:
                 ours.append(_ours(images, labels, w, args))
                 if peer:
                     theirs.append(_peer(npz, w, args, peer)["crops_per_s"])
-            line = f"width {w:3d}: flowseg {np.median(ours):.3f} crops/s {np.round(ours, 3).tolist()}"
+            line = (f"width {w:3d}: flowseg {np.median(ours):.3f} crops/s "
+                    f"{np.round(ours, 3).tolist()}")
             if theirs:
                 line += (f" | Cellpose 3.1 train_seg {np.median(theirs):.3f} crops/s "
                          f"{np.round(theirs, 3).tolist()} | ratio "

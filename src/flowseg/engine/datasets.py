@@ -68,7 +68,8 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     lab = read_image(path)
     if lab.ndim == 3 and lab.shape[-1] in (3, 4) and lab.dtype == np.uint8:
         # an RGB(A) export of a label image: only usable if all colour channels agree
-        if not (np.array_equal(lab[..., 0], lab[..., 1]) and np.array_equal(lab[..., 0], lab[..., 2])):
+        same = np.array_equal(lab[..., 0], lab[..., 1]) and np.array_equal(lab[..., 0], lab[..., 2])
+        if not same:
             raise ValueError(f"{path}: the mask file is a colour image, not a label image "
                              "(expected one integer channel, 0 = background)")
         lab = lab[..., 0]

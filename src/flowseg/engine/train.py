@@ -240,7 +240,12 @@ def train(
     checkpoint_path = _check_writable(checkpoint_path, True, "checkpoint file")
     ck = load_checkpoint(resume) if resume is not None else None
     seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else int(seed)
-    model = _resolve_model(model, width, diam_mean, seed)
+    if ck is not None and model is None:  # rebuild the checkpoint's network (any width)
+        from .model import Model
+
+        model = Model.from_state_dict(ck["net"], dict(ck["meta"]))
+    else:
+        model = _resolve_model(model, width, diam_mean, seed)
     net = model.net
     normalize = model.normalize
     samples = prepare_samples(images, labels, nchan=model.nchan, channels=channels,
@@ -382,7 +387,8 @@ def train(
                  seconds=time.monotonic() - t_start, progress=progress)
     if save_path is not None:
         model.save(save_path, overwrite=overwrite)
-    return TrainResult(model=model, history=hist, best_epoch=None if best is None else best["epoch"],
+    best_epoch = None if best is None else int(best["epoch"])
+    return TrainResult(model=model, history=hist, best_epoch=best_epoch,
                        cancelled=cancelled, save_path=save_path, checkpoint_path=checkpoint_path,
                        seconds=time.monotonic() - t_start,
                        crops_per_second=n_crops / t_loop if t_loop > 0 else 0.0)
