@@ -25,7 +25,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         width=16, diam_mean=17.0, channels=None, n_per_epoch=256, val_every=10, seed=17,
         checkpoint_every=3.0,
         # second stage: continue from the stage-1 model at a lower rate ("finetune" recipe)
-        stage2=dict(recipe="finetune", epochs=24, learning_rate=0.04, val_every=8, seed=18),
+        stage2=dict(recipe="finetune", epochs=24, learning_rate=0.04, optimizer="sgd", momentum=0.9,
+                    weight_decay=1e-4, warmup=5, val_every=8, seed=18),
     ),
     "cyto": dict(
         recipe="from_scratch", epochs=28, learning_rate=0.1, batch_size=8, crop=160,

@@ -67,6 +67,11 @@ def main(name: str) -> Path:
                  if ape else "- Size model: not fitted.")
     val_hist = ", ".join(f"epoch {e}: {a}" for e, a in zip(tr.get("val_epoch", []),
                                                              tr.get("val_ap", [])))
+    st2 = cfg.get("stage2")
+    stage2_text = "" if not st2 else (
+        f"Then a second stage continued from that model with the `{st2['recipe']}` recipe "
+        f"(SGD momentum {st2['momentum']}, learning rate {st2['learning_rate']}, {st2['warmup']} warm-up epochs, weight decay {st2['weight_decay']}) for {st2['epochs']} "
+        f"epochs; the validation history below is that stage's.\n")
     nparams = sum(p.numel() for p in model.net.parameters())
     size_mb = (ROOT / "src" / "flowseg" / "models" / f"{name}.pt").stat().st_size / 1e6
     text = f"""# Model card: `{name}`
@@ -99,8 +104,9 @@ crops, {cfg['n_per_epoch']} crops per epoch, {cfg['epochs']} epochs (epochs done
 {tr.get('epochs_done')}; best epoch by validation AP@0.5: {tr.get('best_epoch')}); random
 rotation (flow vectors rotated), flips, scale 0.75-1.25 around the common diameter.
 Loss: MSE on 5x flows / 2 + BCE on cell probability.
-Wall time {tr.get('seconds', 0) / 60:.0f} min of training (resumed from checkpoints; the CPU was
-shared with other jobs) on {platform.machine()} CPU, 2 cores, 1 thread, no GPU.
+{stage2_text}Training time of the last (resumed) run {tr.get('seconds', 0) / 60:.0f} min; the whole
+run, with a restart from a checkpoint, is logged in `training/logs/{name}*.log`. Hardware:
+{platform.machine()} CPU, 2 cores shared with other jobs, 1 training thread, no GPU.
 Validation AP@0.5 during training: {val_hist or 'n/a'}.
 
 ## Validation results ({ev['n_images']} held-out images, mean over images)
