@@ -24,6 +24,7 @@ from skimage.segmentation import find_boundaries
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
+MODEL_FOR = {"nuclei": "nuclei", "cells": "cyto"}
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -40,12 +41,13 @@ def _overlay(gray: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int])
 
 
 def make(name: str) -> Path:
-    from flowseg import average_precision
+    from flowseg import average_precision  # noqa: F401  (used below)
     from flowseg.engine.samples import load_sample
 
     img, info = load_sample(name)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "flowseg.cli", "segment", "--sample", name, "--out", tmp]
+        cmd = [sys.executable, "-m", "flowseg.cli", "segment", "--sample", name, "--out", tmp,
+               "--model", MODEL_FOR.get(name, "cyto"), "--no-progress"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")

@@ -22,8 +22,10 @@ _OUTPUT_MARKERS = ("_masks", "_flows", "_cellprob", "_seg", "_cp_masks")
 def add_segment_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``flowseg segment``."""
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
-    p.add_argument("--sample", action="store_true",
-                   help="segment the bundled sample image 'cells' (no PATH needed)")
+    p.add_argument("--sample", nargs="?", const="cells", default=None, metavar="NAME",
+                   choices=["cells", "nuclei", "cells3d"],
+                   help="segment a bundled sample image (default 'cells'; also 'nuclei', "
+                        "'cells3d'); no PATH needed")
     p.add_argument("--model", default=None, metavar="NAME|FILE",
                    help="bundled model name or a flowseg / Cellpose 1-3 model file "
                         "(default: the bundled 'cyto')")
@@ -187,12 +189,17 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.sample:
         from .engine.samples import load_sample
 
-        img, info = load_sample("cells")
+        name = args.sample
+        img, info = load_sample(name)
         out_dir = Path(args.out) if args.out else Path.cwd()
         skw = dict(kw)
         if skw["channels"] is None:
             skw["channels"] = info["channels"]
-        jobs.append(("sample 'cells'", img, out_dir / "sample_cells_masks", {**skw, "_info": info}))
+        skw["channel_axis"] = info["channel_axis"]
+        if info["ndim"] == 3 and skw.get("z_axis") is None:
+            skw["z_axis"] = 0
+        jobs.append((f"sample {name!r}", img, out_dir / f"sample_{name}_masks",
+                     {**skw, "_info": info}))
     files = collect_images(args.paths) if args.paths else []
     for f in files:
         out_dir = Path(args.out) if args.out else f.parent

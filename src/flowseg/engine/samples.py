@@ -25,10 +25,6 @@ SAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
         "2D fluorescent cytoplasm + nuclear channel, ~30 px diameter",
         dict(kind="cells", shape=(384, 384), seed=12, with_nuclei=True, noise=1.0, blur=1.0),
     ),
-    "phase": (
-        "2D phase-contrast-like cells, 1 channel, ~30 px diameter",
-        dict(kind="phase", shape=(384, 384), seed=13, with_nuclei=False, noise=0.8, blur=0.8),
-    ),
     "cells3d": (
         "3D fluorescent cytoplasm + nuclear channel, 40x128x128, ~24 px diameter",
         dict(kind="cells", shape=(40, 128, 128), seed=14, with_nuclei=True, diameter=24.0,
@@ -58,7 +54,7 @@ def load_sample(name: str = "cells") -> tuple[np.ndarray, dict[str, Any]]:
     Parameters
     ----------
     name : str
-        One of :func:`sample_names` (``"nuclei"``, ``"cells"``, ``"phase"``, ``"cells3d"``).
+        One of :func:`sample_names` (``"nuclei"``, ``"cells"``, ``"cells3d"``).
 
     Returns
     -------
