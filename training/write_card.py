@@ -72,6 +72,15 @@ def main(name: str) -> Path:
         f"Then a second stage continued from that model with the `{st2['recipe']}` recipe "
         f"(SGD momentum {st2['momentum']}, learning rate {st2['learning_rate']}, {st2['warmup']} warm-up epochs, weight decay {st2['weight_decay']}) for {st2['epochs']} "
         f"epochs; the validation history below is that stage's.\n")
+    stage_note = (f" (epochs done{' in the last stage' if st2 else ''}: {tr.get('epochs_done')}; "
+                  f"best epoch by validation AP@0.5: {tr.get('best_epoch')})")
+    s1 = ROOT / "training" / "logs" / f"{name}.log"
+    if st2 and s1.exists():
+        import re
+        runs_ = s1.read_text().split("training images")  # one part per (re)start; last = stage 2
+        hist = re.findall(r"epoch (\d+)/\d+ .*val_ap=([0-9.]+)", "".join(runs_[1:-1]))
+        stage_note = " (stage-1 validation AP@0.5: " + ", ".join(
+            f"epoch {e}: {a}" for e, a in hist) + ")"
     nparams = sum(p.numel() for p in model.net.parameters())
     size_mb = (ROOT / "src" / "flowseg" / "models" / f"{name}.pt").stat().st_size / 1e6
     text = f"""# Model card: `{name}`
@@ -100,8 +109,7 @@ Validation split held out from the shared folder (never trained on):
 ## Recipe
 `{cfg['recipe']}`: SGD momentum 0.9, learning rate {cfg['learning_rate']} with linear warm-up
 and a final decay, weight decay 1e-5, batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']}
-crops, {cfg['n_per_epoch']} crops per epoch, {cfg['epochs']} epochs (epochs done:
-{tr.get('epochs_done')}; best epoch by validation AP@0.5: {tr.get('best_epoch')}); random
+crops, {cfg['n_per_epoch']} crops per epoch, {cfg['epochs']} epochs{stage_note}; random
 rotation (flow vectors rotated), flips, scale 0.75-1.25 around the common diameter.
 Loss: MSE on 5x flows / 2 + BCE on cell probability.
 {stage2_text}Training time of the last (resumed) run {tr.get('seconds', 0) / 60:.0f} min; the whole
