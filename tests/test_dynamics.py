@@ -206,3 +206,12 @@ def test_same_masks_as_cellpose3(tmp_path):
     ours = flows_to_masks(flows, cp)
     assert ours.max() == ref.max()
     assert average_precision(ref, ours, [0.99])[0] == 1.0
+
+
+def test_warmup_in_background_runs_once_and_compiles():
+    from flowseg.engine.dynamics import warmup_in_background
+
+    th = warmup_in_background()
+    assert warmup_in_background() is th  # once per process
+    th.join(timeout=300)
+    assert not th.is_alive()

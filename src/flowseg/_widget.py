@@ -60,6 +60,9 @@ class SegmentWidget(QWidget):
         self._model_cache: dict[tuple, Any] = {}
         self._extra_models: list[tuple[str, str]] = []  # files loaded by the user
         self.progress = ProgressBridge(self._show_progress)
+        from .engine.dynamics import warmup_in_background
+
+        warmup_in_background()  # compile the flow engine while the user sets up the run
 
         self.controls: Container = build_controls(self)
         self.train_panel = TrainPanel(viewer, self)

@@ -327,3 +327,22 @@ def warmup(ndims: tuple[int, ...] = (2, 3)) -> None:
         lab = np.zeros((12,) * nd, np.int32)
         lab[(slice(2, 9),) * nd] = 1
         compute_masks(masks_to_flows(lab), np.where(lab > 0, 5.0, -5.0), min_size=1)
+
+
+_WARMUP_THREAD: Optional["threading.Thread"] = None
+
+
+def warmup_in_background() -> "threading.Thread":
+    """Start :func:`warmup` once per process on a daemon thread and return that thread.
+
+    The napari widget calls this when it opens, so numba compiles (first run after
+    installation, ~15 s on 2 cores) while the user picks a layer and settings; numba's
+    compiler lock makes a segmentation that starts meanwhile simply wait for it.
+    """
+    import threading
+
+    global _WARMUP_THREAD
+    if _WARMUP_THREAD is None:
+        _WARMUP_THREAD = threading.Thread(target=warmup, name="flowseg-warmup", daemon=True)
+        _WARMUP_THREAD.start()
+    return _WARMUP_THREAD
