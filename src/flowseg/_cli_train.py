@@ -15,25 +15,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-
-def _channels(values: Optional[list[str]]):
-    if values is None:
-        return None
-    out = []
-    for v in values:
-        if v.lower() in ("none", "-"):
-            out.append(None)
-            continue
-        try:
-            out.append(int(v))
-        except ValueError:
-            raise ValueError(f"--channels takes two 0-based indices (or 'none' for no nucleus), "
-                             f"got {values}") from None
-    return tuple(out)
+from ._cli_segment import _channels
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "ModelFileError",
+    "atomic_torch_save",
     "save_model_file",
     "load_model_file",
     "infer_nbase",
@@ -47,6 +48,24 @@ def _json_check(meta: Mapping[str, Any]) -> dict:
         return json.loads(json.dumps(dict(meta)))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"model metadata must be JSON-serialisable: {exc}") from None
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``.
+
+    A crash or a full disk never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
@@ -78,16 +97,7 @@ def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     sd = {str(k): v.detach().to("cpu").clone() for k, v in state_dict.items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": sd,
                "meta": _json_check(meta)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def infer_nbase(state_dict: Mapping[str, torch.Tensor]) -> list[int]:
@@ -237,13 +247,4 @@ def export_cellpose(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {str(k): v.detach().to("cpu").clone() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(sd, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_torch_save(sd, path)
