@@ -9,8 +9,22 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import pytest
+
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "flowseg-numba"))
 
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("napari") is None or importlib.util.find_spec("qtpy") is None:
     collect_ignore_glob += ["test_napari_*.py"]
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    """A user model folder (``FLOWSEG_MODEL_DIR``) holding one tiny untrained model."""
+    from flowseg.engine.model import Model
+
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(d))
+    Model.new(width=8, nchan=2, diam_mean=17.0, seed=0).save(d / "tiny.pt")
+    return d

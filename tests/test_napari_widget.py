@@ -17,18 +17,6 @@ from flowseg.engine.synthetic import make_sample  # noqa: E402
 
 
 @pytest.fixture
-def model_dir(tmp_path, monkeypatch):
-    """A user model folder holding one tiny untrained model."""
-    from flowseg.engine.model import Model
-
-    d = tmp_path / "models"
-    d.mkdir()
-    monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(d))
-    Model.new(width=8, nchan=2, diam_mean=17.0, seed=0).save(d / "tiny.pt")
-    return d
-
-
-@pytest.fixture
 def sample():
     return make_sample(kind="nuclei", shape=(160, 160), diameter=16, seed=4)
 
