@@ -28,6 +28,7 @@ Steps of :func:`compute_masks` (the Cellpose method):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import threading
 from typing import Optional
 
 import numpy as np
@@ -329,18 +330,16 @@ def warmup(ndims: tuple[int, ...] = (2, 3)) -> None:
         compute_masks(masks_to_flows(lab), np.where(lab > 0, 5.0, -5.0), min_size=1)
 
 
-_WARMUP_THREAD: Optional["threading.Thread"] = None
+_WARMUP_THREAD: Optional[threading.Thread] = None
 
 
-def warmup_in_background() -> "threading.Thread":
+def warmup_in_background() -> threading.Thread:
     """Start :func:`warmup` once per process on a daemon thread and return that thread.
 
     The napari widget calls this when it opens, so numba compiles (first run after
     installation, ~15 s on 2 cores) while the user picks a layer and settings; numba's
     compiler lock makes a segmentation that starts meanwhile simply wait for it.
     """
-    import threading
-
     global _WARMUP_THREAD
     if _WARMUP_THREAD is None:
         _WARMUP_THREAD = threading.Thread(target=warmup, name="flowseg-warmup", daemon=True)
