@@ -4,13 +4,16 @@ Usage (from the repository root)::
 
     python training/build_model.py nuclei            # -> src/flowseg/models/nuclei.pt
     python training/build_model.py cyto              # -> src/flowseg/models/cyto.pt
-    python training/build_model.py nuclei --resume   # continue from runs/nuclei.ckpt
+    python training/build_model.py nuclei --resume   # continue from the last checkpoint
+    python training/build_model.py nuclei --stage 3 --resume   # one stage only
 
 The data are read from ``../shared/data`` (never copied into the repository).  A fixed
 validation split (listed in ``training/splits/<model>_val.txt``) is held out and never
 trained on.  Long runs write a checkpoint every few minutes to ``runs/<model>.ckpt`` and can
 be resumed in a later session with ``--resume``; the training log goes to
-``runs/<model>.log``.  After training, ``training/evaluate_model.py`` scores the model on the
+``runs/<model>.log``.  A recipe with ``stages`` trains them in turn, each stage starting
+from the previous stage's model (``runs/<model>_stage<k>.pt``); the last stage writes the
+bundled model.  After training, ``training/evaluate_model.py`` scores the model on the
 validation split and writes the numbers used by the model card.
 """
 
@@ -37,33 +40,40 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: src/flowseg/models/<model>.pt")
     p.add_argument("--runs", default=str(ROOT / "runs"))
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from runs/<model>.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint in --runs")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly (keeping a checkpoint) after this many minutes")
-    p.add_argument("--stage", choices=["all", "1", "2"], default="all",
-                   help="recipes with a 'stage2' entry: run both stages (default) or one")
+    p.add_argument("--stage", default="all",
+                   help="recipes with 'stages': run all stages from the first (default) or "
+                        "only stage K (1, 2, ...), which starts from stage K-1's model")
     args = p.parse_args(argv)
 
     import flowseg
     from flowseg.engine.progress import ProgressEvent
 
     cfg = dict(RECIPES[args.model])
-    stage2 = cfg.pop("stage2", None)
+    stages = [{}] + list(cfg.pop("stages", []))
     if args.epochs:
         cfg["epochs"] = args.epochs
+    if args.stage != "all" and not (args.stage.isdigit() and 1 <= int(args.stage) <= len(stages)):
+        p.error(f"--stage must be 'all' or 1..{len(stages)} for {args.model}")
+    k = 1 if args.stage == "all" else int(args.stage)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     final = Path(args.out or ROOT / "src" / "flowseg" / "models" / f"{args.model}.pt")
-    stage1_out = runs / f"{args.model}_stage1.pt" if stage2 else final
+
+    def stage_out(i: int) -> Path:
+        return final if i == len(stages) else runs / f"{args.model}_stage{i}.pt"
+
     log = open(runs / f"{args.model}.log", "a", buffering=1)
-    start = None
-    out, ckpt = stage1_out, runs / f"{args.model}.ckpt"
-    if args.stage == "2":
-        if not stage2:
-            p.error(f"{args.model} has no second stage")
-        cfg.update(stage2)
-        start, out, ckpt = stage1_out, final, runs / f"{args.model}_stage2.ckpt"
+    cfg.update(stages[k - 1])
+    start = None if k == 1 else stage_out(k - 1)
+    if start is not None and not start.exists():
+        p.error(f"stage {k} starts from {start}, which does not exist: run stage {k - 1} first")
+    out = stage_out(k)
+    ckpt = runs / (f"{args.model}.ckpt" if k == 1 else f"{args.model}_stage{k}.ckpt")
+    print(f"stage {k}/{len(stages)}: {cfg} -> {out}", file=log)
 
     t0 = time.time()
     data = load_training_set(args.model, Path(args.data))
@@ -125,9 +135,11 @@ def main(argv=None) -> int:
     }
     print(json.dumps(summary), file=log)
     print(json.dumps(summary))
-    if args.stage == "all" and stage2 and not res.cancelled:
-        rest = ["--stage", "2", "--runs", str(runs), "--data", args.data, "--out", str(final)]
+    if args.stage == "all" and k < len(stages) and not res.cancelled:
+        rest = ["--stage", str(k + 1), "--runs", str(runs), "--data", args.data,
+                "--out", str(final)]
         rest += [] if args.threads is None else ["--threads", str(args.threads)]
+        rest += ["--resume"] if args.resume else []
         return main([args.model] + rest)
     return 0
 

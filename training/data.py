@@ -24,9 +24,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         recipe="from_scratch", epochs=40, learning_rate=0.1, batch_size=8, crop=128,
         width=16, diam_mean=17.0, channels=None, n_per_epoch=256, val_every=10, seed=17,
         checkpoint_every=3.0,
-        # second stage: continue from the stage-1 model at a lower rate ("finetune" recipe)
-        stage2=dict(recipe="finetune", epochs=24, learning_rate=0.04, optimizer="sgd", momentum=0.9,
-                    weight_decay=1e-4, warmup=5, val_every=8, seed=18),
+        # later stages each continue from the previous stage's model
+        stages=[
+            # stage 2 (session 1): a short run at a lower rate
+            dict(recipe="finetune", epochs=24, learning_rate=0.04, optimizer="sgd",
+                 momentum=0.9, weight_decay=1e-4, warmup=5, val_every=8, seed=18),
+            # stage 3 (session 2): a long run, the CPU being idle; validation AP was still
+            # rising at the end of stage 2
+            dict(recipe="finetune", epochs=200, learning_rate=0.05, optimizer="sgd",
+                 momentum=0.9, weight_decay=1e-5, warmup=5, val_every=20, seed=19),
+        ],
     ),
     "cyto": dict(
         recipe="from_scratch", epochs=28, learning_rate=0.1, batch_size=8, crop=160,
