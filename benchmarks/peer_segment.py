@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--3d", dest="do_3d", action="store_true")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--diameter", type=float, default=30.0)
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed first run")
     a = ap.parse_args()
     sd = torch.load(a.weights, map_location="cpu", weights_only=True)
     nbase = [int(sd["downsample.down.res_down_0.conv.conv_0.2.weight"].shape[1])]
@@ -52,7 +53,8 @@ def main() -> None:
     kw = dict(channels=[1, 2], diameter=a.diameter, channel_axis=img.ndim - 1)
     if a.do_3d:
         kw.update(do_3D=True, z_axis=0)
-    model.eval(img, **kw)  # warm-up (numba compilation etc.)
+    if not a.no_warmup:
+        model.eval(img, **kw)  # warm-up (numba compilation etc.)
     times = []
     for _ in range(a.runs):
         t0 = time.perf_counter()

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     print(f"stage {k}/{len(stages)}: {cfg} -> {out}", file=log)
 
     t0 = time.time()
-    data = load_training_set(args.model, Path(args.data))
+    data = load_training_set(args.model, Path(args.data), oversample=cfg.get("oversample", 1))
     print(f"{args.model}: {len(data['train_images'])} training images, "
           f"{len(data['val_images'])} validation images ({time.time() - t0:.0f} s to read)",
           file=log)

@@ -30,9 +30,11 @@ RECIPES: dict[str, dict[str, Any]] = {
             dict(recipe="finetune", epochs=24, learning_rate=0.04, optimizer="sgd",
                  momentum=0.9, weight_decay=1e-4, warmup=5, val_every=8, seed=18),
             # stage 3 (session 2): a long run, the CPU being idle; validation AP was still
-            # rising at the end of stage 2
-            dict(recipe="finetune", epochs=200, learning_rate=0.05, optimizer="sgd",
-                 momentum=0.9, weight_decay=1e-5, warmup=5, val_every=20, seed=19),
+            # rising at the end of stage 2.  Stained-tissue images scored 0.61 AP@0.5 against
+            # 0.85 for fluorescence, so stained and brightfield images are drawn 3x as often.
+            dict(recipe="finetune", epochs=300, learning_rate=0.05, optimizer="sgd",
+                 momentum=0.9, weight_decay=1e-5, warmup=5, val_every=30, seed=19,
+                 oversample=3),
         ],
     ),
     "cyto": dict(
@@ -57,6 +59,21 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32)
 
 
+def image_kind(img: np.ndarray) -> str:
+    """``"stained"`` (colour planes differ, e.g. H&E tissue), ``"brightfield"`` (gray with a
+    bright background) or ``"fluorescence"`` (gray with a dark background)."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        rgb = img[..., :3].astype(np.float32)
+        span = float(rgb.max() - rgb.min()) or 1.0
+        if np.abs(rgb[..., 0] - rgb[..., 2]).mean() > 0.02 * span:
+            return "stained"
+        img = rgb.mean(-1)
+    g = img.astype(np.float32)
+    lo, hi = float(g.min()), float(g.max())
+    return "brightfield" if hi > lo and np.median(g) > lo + 0.5 * (hi - lo) else "fluorescence"
+
+
 def val_names(source: str, names: list[str]) -> list[str]:
     """The fixed validation names of ``source`` (drawn once with seed 2026, then read)."""
     f = SPLITS / f"{source}_val.txt"
@@ -74,9 +91,11 @@ def load_source(source: str, data: Path) -> dict[str, list]:
     folder = load_folder(data / source / "train")
     val = set(val_names(source, folder.names))
     out: dict[str, list] = {k: [] for k in ("train_images", "train_labels", "train_names",
-                                            "val_images", "val_labels", "val_names")}
+                                            "train_kinds", "val_images", "val_labels",
+                                            "val_names", "val_kinds")}
     for img, lab, name in zip(folder.images, folder.labels, folder.names):
         part = "val" if name in val else "train"
+        out[f"{part}_kinds"].append(image_kind(img))
         out[f"{part}_images"].append(to_gray(img))
         out[f"{part}_labels"].append(lab)
         out[f"{part}_names"].append(f"{source}/{name}")
@@ -103,16 +122,32 @@ def synthetic_cyto(n: int, seed: int) -> tuple[list, list, list]:
     return imgs, labs, names
 
 
-def load_training_set(model: str, data: Path) -> dict[str, list]:
+def oversample_rare(d: dict[str, list], times: int) -> dict[str, list]:
+    """Repeat the stained and brightfield training images ``times`` times in all (they are
+    ~20 % of the DSB images but the hardest); validation lists are untouched."""
+    if times <= 1:
+        return d
+    out = dict(d)
+    for k in ("train_images", "train_labels", "train_names"):
+        out[k] = list(d[k])
+    for i, kind in enumerate(d["train_kinds"]):
+        if kind != "fluorescence":
+            for k in ("train_images", "train_labels", "train_names"):
+                out[k] += [d[k][i]] * (times - 1)
+    return out
+
+
+def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, list]:
     """Training and validation lists for a bundled model.
 
-    ``nuclei``: DSB 2018 nuclei (gray).  ``cyto``: Usiigaci phase-contrast cells (repeated 4x
+    ``nuclei``: DSB 2018 nuclei (gray); ``oversample`` > 1 repeats the stained and
+    brightfield images that many times in all.  ``cyto``: Usiigaci phase-contrast cells (repeated 4x
     so that they make up about half of the draws), a quarter of the DSB nuclei images and 40
     synthetic cytoplasm + nucleus images, all as 2-channel (cytoplasm, nucleus or zeros);
     validated on the held-out Usiigaci images.
     """
     if model == "nuclei":
-        return load_source("dsb2018", data)
+        return oversample_rare(load_source("dsb2018", data), oversample)
     if model != "cyto":
         raise ValueError(f"unknown bundled model {model!r}")
     cells = load_source("usiigaci", data)
