@@ -77,7 +77,10 @@ def _stages_text(name: str, cfg: dict, last: dict) -> str:
             f"momentum {c.get('momentum', 0.9)}, learning rate {st['learning_rate']} "
             f"({c.get('warmup', '?')} warm-up epochs, final decay), weight decay "
             f"{c.get('weight_decay', '?')}, {st['epochs']} epochs (done: {rec.get('epochs_done', '?')}), "
-            f"{rec.get('seconds', 0) / 60:.0f} min; validation AP@0.5 by epoch: {hist or 'n/a'}; "
+            f"{rec.get('seconds', 0) / 60:.0f} min"
+            + (f", stained and brightfield images drawn {st['oversample']}x as often"
+               if st.get("oversample", 1) > 1 else "")
+            + f"; validation AP@0.5 by epoch: {hist or 'n/a'}; "
             f"kept epoch {rec.get('best_epoch', '?')}.")
     out.append(f"- Total training time {total / 60:.0f} min.")
     return "\n".join(out)

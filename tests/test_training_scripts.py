@@ -1,0 +1,68 @@
+"""The bundled models' training scripts (training/): data helpers and argument checks.
+
+They read ../shared/data only when they train; these tests use small arrays instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TRAINING = Path(__file__).resolve().parents[1] / "training"
+sys.path.insert(0, str(TRAINING))
+
+data = pytest.importorskip("data")
+
+
+def test_image_kind_tells_stained_brightfield_and_fluorescence():
+    rng = np.random.default_rng(0)
+    fluo = np.zeros((64, 64), np.uint8)
+    fluo[20:30, 20:30] = 200  # bright nuclei on a dark background
+    bright = 255 - fluo  # dark nuclei on a bright background
+    stained = np.stack([np.full((64, 64), 230), np.full((64, 64), 180),
+                        np.full((64, 64), 220), np.full((64, 64), 255)], -1).astype(np.uint8)
+    stained[20:30, 20:30, :3] = (90, 40, 150)  # purple nuclei on pink
+    gray_rgba = np.repeat(fluo[..., None], 4, -1)
+    gray_rgba[..., 3] = 255
+    assert data.image_kind(fluo + rng.integers(0, 5, fluo.shape).astype(np.uint8)) == "fluorescence"
+    assert data.image_kind(bright) == "brightfield"
+    assert data.image_kind(stained) == "stained"
+    assert data.image_kind(gray_rgba) == "fluorescence"
+
+
+def test_oversample_rare_repeats_only_rare_training_images():
+    d = {
+        "train_images": ["f0", "s0", "f1", "b0"],
+        "train_labels": ["lf0", "ls0", "lf1", "lb0"],
+        "train_names": ["n_f0", "n_s0", "n_f1", "n_b0"],
+        "train_kinds": ["fluorescence", "stained", "fluorescence", "brightfield"],
+        "val_images": ["v"], "val_labels": ["lv"], "val_names": ["n_v"],
+        "val_kinds": ["stained"],
+    }
+    out = data.oversample_rare(d, 3)
+    assert out["train_images"].count("s0") == 3 and out["train_images"].count("b0") == 3
+    assert out["train_images"].count("f0") == 1
+    # images stay paired with their labels and names
+    for img, lab, name in zip(out["train_images"], out["train_labels"], out["train_names"]):
+        assert lab == "l" + img and name == "n_" + img
+    assert out["val_images"] == ["v"]  # validation untouched
+    assert d["train_images"] == ["f0", "s0", "f1", "b0"]  # input not modified
+    assert data.oversample_rare(d, 1) is d
+
+
+def test_build_model_rejects_unknown_stage_before_reading_data(tmp_path):
+    import build_model
+
+    with pytest.raises(SystemExit):
+        build_model.main(["cyto", "--stage", "2", "--runs", str(tmp_path),
+                          "--data", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):
+        build_model.main(["nuclei", "--stage", "x", "--runs", str(tmp_path),
+                          "--data", str(tmp_path / "missing")])
+    # stage 2 needs stage 1's model first
+    with pytest.raises(SystemExit):
+        build_model.main(["nuclei", "--stage", "2", "--runs", str(tmp_path),
+                          "--data", str(tmp_path / "missing")])
