@@ -2,12 +2,12 @@
 
 Usage (from the repository root)::
 
-    python training/evaluate_model.py nuclei [--model FILE] [--refit-size]
+    python training/evaluate_model.py nuclei [--model-file FILE] [--refit-size] [--augment]
 
 Prints and writes ``runs/<model>_eval.json``: mean AP@0.5/0.75/0.9 over the validation
 images segmented at their true median diameter, the same with the diameter estimated by the
 model's size model, and the fraction of images whose estimated diameter is within 20 % of
-the true median diameter.  ``--refit-size`` (re)fits the size model on the training images
+the true median diameter; with ``--augment`` also the AP with flip test-time augmentation.  ``--refit-size`` (re)fits the size model on the training images
 first and saves it into the model file.
 """
 
@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--refit-size", action="store_true")
     p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--augment", action="store_true",
+                   help="also score with flip test-time augmentation (augment=True)")
     args = p.parse_args(argv)
 
     import torch
@@ -66,6 +68,10 @@ def main(argv=None) -> int:
         ap = np.asarray(flowseg.average_precision(lab, seg.masks)).ravel()
         row = {"name": name, "true_diameter": d_true, "n_true": int(lab.max()),
                "n_pred": int(seg.masks.max()), "ap": ap.tolist()}
+        if args.augment:
+            sa = model.segment(img, channels=chans, diameter=d_true, augment=True)
+            row["ap_augment"] = np.asarray(
+                flowseg.average_precision(lab, sa.masks)).ravel().tolist()
         if model.size_model is not None:
             d_est = float(model.estimate_diameter(img, channels=chans))
             seg2 = model.segment(img, channels=chans, diameter=d_est)
@@ -80,6 +86,10 @@ def main(argv=None) -> int:
         "ap_true_diameter": dict(zip(["0.5", "0.75", "0.9"], ap.mean(0).round(4).tolist())),
         "images": rows,
     }
+    if rows and "ap_augment" in rows[0]:
+        apa = np.array([r["ap_augment"] for r in rows])
+        out["ap_true_diameter_augment"] = dict(zip(["0.5", "0.75", "0.9"],
+                                                   apa.mean(0).round(4).tolist()))
     if rows and "est_diameter" in rows[0]:
         ape = np.array([r["ap_est"] for r in rows])
         rel = np.array([abs(r["est_diameter"] / r["true_diameter"] - 1) for r in rows])

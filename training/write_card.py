@@ -105,6 +105,10 @@ def main(name: str) -> Path:
                  f"estimated diameter: {ape['0.5']:.3f} / {ape['0.75']:.3f} / {ape['0.9']:.3f}."
                  if ape else "- Size model: not fitted.")
     stages_text = _stages_text(name, cfg, tr)
+    apa = ev.get("ap_true_diameter_augment")
+    aug_line = ("" if not apa else
+                f"- With flip test-time augmentation (`augment=True`): {apa['0.5']:.3f} / "
+                f"{apa['0.75']:.3f} / {apa['0.9']:.3f}\n")
     nparams = sum(p.numel() for p in model.net.parameters())
     size_mb = (ROOT / "src" / "flowseg" / "models" / f"{name}.pt").stat().st_size / 1e6
     text = f"""# Model card: `{name}`
@@ -143,7 +147,7 @@ the cores with other jobs). Logs: `training/logs/{name}.log`.
 ## Validation results ({ev['n_images']} held-out images, mean over images)
 - AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /
   {ap['0.9']:.3f}
-{size_line}
+{aug_line}{size_line}
 
 Produced by `python training/evaluate_model.py {name}` (see `runs/{name}_eval.json` when
 rebuilt); AP = TP / (TP + FP + FN) with IoU matching. The kept epoch was chosen by AP@0.5 on this
