@@ -12,7 +12,8 @@ we average them, so ours are scaled by 2 (flows) and 3 (logit) first).
 because one 32x128x128 volume holds only ~38 objects: a single object on a knife edge (a
 fragment of a few voxels near the seed threshold, or one split/merge decision) moves its AP
 by 0.026.  Each volume's AP and the pooled AP (TP / (TP + FP + FN) summed over volumes) are
-printed.
+printed, for our default 3D dynamics (``sampling="exact"``) and for the opt-in
+``sampling="cellpose3"``, which samples the flows the way Cellpose 3.1 does.
 
 Weights (``--weights``): ``auto`` uses the bundled ``cyto`` model when it exists, else seeded
 random standard-width (32) weights (masks from random weights are meaningless, so only the
@@ -86,10 +87,10 @@ def embed_width(model: Model, width: int = 32) -> Model:
 
 
 def run_ours(model: Model, img: np.ndarray, do_3d: bool, runs: int, diameter: float,
-             warmup: bool = True):
+             warmup: bool = True, sampling: str = "exact"):
     kw = dict(channels=(0, 1), channel_axis=-1, diameter=diameter)
     if do_3d:
-        kw.update(do_3d=True, z_axis=0)
+        kw.update(do_3d=True, z_axis=0, sampling=sampling)
     if warmup:
         model.segment(img, **kw)
     times = []
@@ -122,6 +123,8 @@ def main() -> int:
     ap.add_argument("--case", choices=("2d", "3d", "both"), default="both")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--diameter", type=float, default=30.0)
+    ap.add_argument("--sampling", choices=("exact", "cellpose3"), default="exact",
+                    help="3D dynamics of our timed runs (Model.segment(sampling=...))")
     ap.add_argument("--volumes", type=int, default=6,
                     help="3D volumes whose masks are compared (the first is timed)")
     a = ap.parse_args()
@@ -147,8 +150,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as td:
         wpath = model.export_cellpose(Path(td) / "weights_cp")
         for name, img, do_3d in cases:
-            seg, t_ours = run_ours(model, img, do_3d, a.runs, a.diameter)
-            line = f"{name}: ours {min(t_ours):.2f} s (runs {', '.join(f'{t:.2f}' for t in t_ours)})"
+            seg, t_ours = run_ours(model, img, do_3d, a.runs, a.diameter, sampling=a.sampling)
+            line = f"{name}{' (sampling=' + a.sampling + ')' if do_3d else ''}: ours {min(t_ours):.2f} s (runs {', '.join(f'{t:.2f}' for t in t_ours)})"
             line += f", {seg.n_objects} objects"
             if a.peer:
                 ipath = Path(td) / f"img_{int(do_3d)}.npy"
@@ -168,28 +171,33 @@ def main() -> int:
                          f" | max |d flow| {dflow:.2e}, max |d logit| {dprob:.2e}")
             print(line, flush=True)
             if do_3d and a.peer and a.volumes > 1:
-                agreement_3d(model, wpath, Path(td), a, seg.masks, ref["masks"])
+                agreement_3d(model, wpath, Path(td), a, seg, ref["masks"])
     return 0
 
 
-def agreement_3d(model: Model, wpath: Path, td: Path, a, masks0, ref0) -> None:
-    """Masks of both engines on volumes with seeds 0..volumes-1: AP@0.5/0.9 each and pooled."""
-    ours, refs = [masks0], [ref0.astype(np.int32)]
+def agreement_3d(model: Model, wpath: Path, td: Path, a, seg0, ref0) -> None:
+    """Masks of both engines on volumes with seeds 0..volumes-1: AP@0.5/0.9 each and pooled,
+    for our default 3D dynamics and for ``sampling="cellpose3"``."""
+    segs, refs = [seg0], [ref0.astype(np.int32)]
     for seed in range(1, a.volumes):
         img = make_sample("cells", (32, 128, 128), diameter=30, with_nuclei=True, seed=seed).image
-        seg, _ = run_ours(model, img, True, 1, a.diameter, warmup=False)
+        seg, _ = run_ours(model, img, True, 1, a.diameter, warmup=False, sampling=a.sampling)
         ipath = td / f"vol_{seed}.npy"
         np.save(ipath, img)
         ref, _ = run_peer(a.peer, wpath, ipath, True, 1, a.diameter, warmup=False)
-        ours.append(seg.masks)
+        segs.append(seg)
         refs.append(ref["masks"].astype(np.int32))
-    st = match_stats(refs, ours, thresholds=(0.5, 0.9))
-    tp, fp, fn = st.tp.sum(0), st.fp.sum(0), st.fn.sum(0)
-    pooled = tp / np.maximum(tp + fp + fn, 1)
-    per = ", ".join(f"{x[0]:.3f}/{x[1]:.3f}" for x in np.asarray(st.ap))
-    print(f"3D masks, ours vs Cellpose 3.1 on {a.volumes} volumes 32x128x128 (seeds 0-"
-          f"{a.volumes - 1}, {int(st.n_true.sum())} reference objects): AP@0.5/0.9 per volume "
-          f"{per}; pooled AP@0.5 {pooled[0]:.3f} AP@0.9 {pooled[1]:.3f}", flush=True)
+    for sampling in ("exact", "cellpose3"):
+        ours = [s.masks if s.params.get("sampling", "exact") == sampling
+                else s.recompute(sampling=sampling).masks for s in segs]
+        st = match_stats(refs, ours, thresholds=(0.5, 0.9))
+        tp, fp, fn = st.tp.sum(0), st.fp.sum(0), st.fn.sum(0)
+        pooled = tp / np.maximum(tp + fp + fn, 1)
+        per = ", ".join(f"{x[0]:.3f}/{x[1]:.3f}" for x in np.asarray(st.ap))
+        print(f"3D masks (sampling={sampling!r}), ours vs Cellpose 3.1 on {a.volumes} volumes "
+              f"32x128x128 (seeds 0-{a.volumes - 1}, {int(st.n_true.sum())} reference "
+              f"objects): AP@0.5/0.9 per volume {per}; pooled AP@0.5 {pooled[0]:.3f} "
+              f"AP@0.9 {pooled[1]:.3f}", flush=True)
 
 
 if __name__ == "__main__":

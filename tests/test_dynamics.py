@@ -215,3 +215,28 @@ def test_warmup_in_background_runs_once_and_compiles():
     assert warmup_in_background() is th  # once per process
     th.join(timeout=300)
     assert not th.is_alive()
+
+
+def test_cellpose3_sampling_steps_like_cellpose():
+    """The opt-in 3D sampling reads the flow at p * n / (n - 1) - 0.5 (zero outside) and
+    steps twice the flow; checked on a constant field, where only the border weights and
+    the gain matter."""
+    from flowseg.engine import dynamics_kernels as KD
+
+    D, H, W = 5, 6, 7
+    fl = np.zeros((D, H, W, 3), np.float32)
+    fl[..., 2] = 0.25  # +x everywhere
+    flat = fl.ravel()
+    # interior point: full weight, step 2 * 0.25 in x
+    z, y, x = KD._step3_cp(flat, D, H, W, np.float32(2), np.float32(3), np.float32(3),
+                           np.float32(D / (D - 1)), np.float32(H / (H - 1)),
+                           np.float32(W / (W - 1)), np.float32(2.0))
+    assert (z, y) == (2.0, 3.0) and x == pytest.approx(3.5)
+    # at x = 0 the sample sits half a voxel outside: half the weight is zero padding
+    z, y, x = KD._step3_cp(flat, D, H, W, np.float32(2), np.float32(3), np.float32(0),
+                           np.float32(D / (D - 1)), np.float32(H / (H - 1)),
+                           np.float32(W / (W - 1)), np.float32(2.0))
+    assert x == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="sampling"):
+        flows_to_masks(np.zeros((3, 4, 4, 4), np.float32), np.zeros((4, 4, 4), np.float32),
+                       sampling="nearest")

@@ -225,3 +225,19 @@ def test_augment_unflips_flows():
     cos = (plain.flows * aug.flows).sum(0)[inside]
     assert np.median(cos) > 0.9
     assert average_precision(labels, aug.masks, thresholds=0.9)[0] > 0.9
+
+
+def test_3d_cellpose3_sampling_is_opt_in_and_checked():
+    labels = make_labels((16, 48, 48), diameter=14, seed=3)
+    m = _oracle_model(diam_mean=14.0)
+    vol = labels.astype(np.float32)
+    seg = m.segment(vol, do_3d=True, normalize=False, channels=(0, None), diameter=14)
+    assert seg.params["sampling"] == "exact"
+    cp = seg.recompute(sampling="cellpose3")
+    assert cp.params["sampling"] == "cellpose3" and cp.masks.shape == labels.shape
+    assert cp.masks.max() > 0
+    # the recomputed masks follow the stored setting back
+    assert np.array_equal(cp.recompute(sampling="exact").masks, seg.masks)
+    with pytest.raises(ValueError, match="sampling"):
+        m.segment(vol, do_3d=True, normalize=False, channels=(0, None), diameter=14,
+                  sampling="bogus")

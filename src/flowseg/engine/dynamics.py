@@ -129,7 +129,11 @@ def follow_flows(flows: np.ndarray, points: np.ndarray, niter: int = DEFAULT_NIT
     return _follow(fl, flows.shape[1:], np.asarray(points, np.float32), niter, tol)
 
 
-def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: float):
+SAMPLINGS = ("exact", "cellpose3")
+
+
+def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: float,
+            sampling: str = "exact"):
     """:func:`follow_flows` on the interleaved flattened field ``fl``."""
     ndim = len(shape)
     p = [np.array(points[d], dtype=np.float32) for d in range(ndim)]
@@ -140,7 +144,8 @@ def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: f
                                args_after=(int(niter), float(tol)))
     else:
         work = parallel_ranges(KD.follow_3d, p[0].size, fl, shape[0], shape[1], shape[2],
-                               p[0], p[1], p[2], args_after=(int(niter), float(tol)))
+                               p[0], p[1], p[2],
+                               args_after=(int(niter), float(tol), sampling == "cellpose3"))
     return np.stack(p), int(sum(work))
 
 
@@ -198,13 +203,14 @@ def _fill_holes(masks: np.ndarray) -> None:
 def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
                   flow_threshold: Optional[float] = 0.4, min_size: int = 15,
                   niter: Optional[int] = None, max_size_fraction: float = 0.4,
-                  converge_tol: float = DEFAULT_TOL,
+                  converge_tol: Optional[float] = None, sampling: str = "exact",
                   progress: Optional[ProgressCallback] = None,
                   cancel: CancelToken = None) -> MaskResult:
     """Masks from unit flows and cell probability, with the intermediate results.
 
     Parameters are those of :func:`flows_to_masks`, plus ``converge_tol``, the early-stop
-    tolerance of :func:`follow_flows` (0 = integrate every point for all ``niter`` steps).
+    tolerance of :func:`follow_flows` (0 = integrate every point for all ``niter`` steps;
+    None = 0.05 for ``sampling="exact"``, 0 for ``"cellpose3"``).
 
     Returns
     -------
@@ -218,6 +224,12 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     niter = int(niter)
     if flow_threshold is not None and flow_threshold < 0:
         raise ValueError(f"flow_threshold must be >= 0 (0 or None disables), got {flow_threshold}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if converge_tol is None:
+        # "cellpose3" promises Cellpose's masks, so it integrates every point for all the
+        # steps (it still stops exact repeats, which is cheap there: ~20 steps a point)
+        converge_tol = 0.0 if sampling == "cellpose3" else DEFAULT_TOL
     if not converge_tol >= 0:
         raise ValueError(f"converge_tol must be >= 0, got {converge_tol}")
     if not max_size_fraction > 0:
@@ -232,7 +244,7 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     pts = K.flat_to_coords(flat, np.asarray(shape, np.int64))
     if flat.size == 0:
         return MaskResult(np.zeros(shape, np.int32), pts, pts.astype(np.float32), niter=niter)
-    ends, work = _follow(flm, shape, pts, niter, converge_tol)
+    ends, work = _follow(flm, shape, pts, niter, converge_tol, sampling)
     check_cancel(cancel)
     report(progress, "dynamics", 1, 3)
     lab, bin_labels = _cluster(ends, shape)
@@ -240,7 +252,7 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     if miss.size:
         # points stopped early outside every cluster (e.g. stuck near a saddle between two
         # cells) are integrated again without the early stop
-        e2, w2 = _follow(flm, shape, pts[:, miss], niter, 0.0)
+        e2, w2 = _follow(flm, shape, pts[:, miss], niter, 0.0, sampling)
         ends[:, miss] = e2
         work += w2
         lab[miss] = bin_labels[K.end_bins(e2, np.asarray(shape, np.int64))]
@@ -276,6 +288,7 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
 def flows_to_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
                    flow_threshold: Optional[float] = 0.4, min_size: int = 15,
                    niter: Optional[int] = None, max_size_fraction: float = 0.4,
+                   sampling: str = "exact",
                    progress: Optional[ProgressCallback] = None,
                    cancel: CancelToken = None) -> np.ndarray:
     """Instance masks from flows and cell probability (the Cellpose dynamics).
@@ -298,6 +311,14 @@ def flows_to_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
         network, ``200 / rescale`` follows the reference).
     max_size_fraction : float
         Masks larger than this fraction of the image are removed.
+    sampling : {"exact", "cellpose3"}
+        How 3D points sample the flows.  ``"exact"``: trilinear interpolation at the point,
+        one unit-flow step per iteration.  ``"cellpose3"``: as Cellpose 3.1 does in 3D
+        (``grid_sample(align_corners=False)`` on coordinates normalised by ``size - 1``, so
+        the flow is read up to half a voxel off towards the borders, and steps of twice the
+        unit flow since it sums the two slice estimates); it gives the same masks as
+        Cellpose 3.1 on the same flows.  2D always uses ``"exact"`` (which is what
+        Cellpose 3.1 does on a CPU).
     progress, cancel
         See :mod:`flowseg.engine.progress`.
 
@@ -317,8 +338,8 @@ def flows_to_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     """
     return compute_masks(flows, cellprob, cellprob_threshold=cellprob_threshold,
                          flow_threshold=flow_threshold, min_size=min_size, niter=niter,
-                         max_size_fraction=max_size_fraction, progress=progress,
-                         cancel=cancel).masks
+                         max_size_fraction=max_size_fraction, sampling=sampling,
+                         progress=progress, cancel=cancel).masks
 
 
 def warmup(ndims: tuple[int, ...] = (2, 3)) -> None:

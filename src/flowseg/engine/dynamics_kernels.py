@@ -87,6 +87,57 @@ def _step3(fl, D, H, W, z, y, x):
     return nz, ny, nx
 
 
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _corner(j, n):
+    """Index offset of plane ``j`` along an axis of length ``n`` and whether it is inside."""
+    return (j if 0 <= j < n else 0), (0 <= j < n)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _step3_cp(fl, D, H, W, z, y, x, kz, ky, kx, gain):
+    """One step as Cellpose 3.1 takes it in 3D: the flow is sampled at ``p * n / (n - 1) - 0.5``
+    along each axis (``grid_sample(align_corners=False)`` on coordinates normalised by
+    ``n - 1``; corners outside the volume count as zero flow) and multiplied by ``gain``."""
+    qz = z * kz - np.float32(0.5)
+    qy = y * ky - np.float32(0.5)
+    qx = x * kx - np.float32(0.5)
+    jz = np.int64(np.floor(qz))
+    jy = np.int64(np.floor(qy))
+    jx = np.int64(np.floor(qx))
+    fz = qz - np.float32(jz)
+    fy = qy - np.float32(jy)
+    fx = qx - np.float32(jx)
+    vz = np.float32(0.0)
+    vy = np.float32(0.0)
+    vx = np.float32(0.0)
+    for cz in range(2):
+        iz, okz = _corner(jz + cz, D)
+        wz = fz if cz else np.float32(1.0) - fz
+        for cy in range(2):
+            iy, oky = _corner(jy + cy, H)
+            wy = fy if cy else np.float32(1.0) - fy
+            for cx in range(2):
+                ix, okx = _corner(jx + cx, W)
+                if okz and oky and okx:
+                    w = wz * wy * (fx if cx else np.float32(1.0) - fx)
+                    i = ((iz * H + iy) * W + ix) * 3
+                    vz += w * fl[i]
+                    vy += w * fl[i + 1]
+                    vx += w * fl[i + 2]
+    zero = np.float32(0.0)
+    nz = min(np.float32(D - 1), max(zero, z + gain * vz))
+    ny = min(np.float32(H - 1), max(zero, y + gain * vy))
+    nx = min(np.float32(W - 1), max(zero, x + gain * vx))
+    return nz, ny, nx
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _step3_any(fl, D, H, W, z, y, x, cp, kz, ky, kx, gain):
+    if cp:
+        return _step3_cp(fl, D, H, W, z, y, x, kz, ky, kx, gain)
+    return _step3(fl, D, H, W, z, y, x)
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def follow_2d(fl, H, W, py, px, start, stop, niter, tol):
     """Euler-integrate points ``start..stop-1`` of ``(py, px)`` in place through the
@@ -146,9 +197,14 @@ def follow_2d(fl, H, W, py, px, start, stop, niter, tol):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def follow_3d(fl, D, H, W, pz, py, px, start, stop, niter, tol):
-    """3D version of :func:`follow_2d` (trilinear interpolation of ``(D, H, W, 3)``)."""
+def follow_3d(fl, D, H, W, pz, py, px, start, stop, niter, tol, cp=False):
+    """3D version of :func:`follow_2d` (trilinear interpolation of ``(D, H, W, 3)``); with
+    ``cp`` the steps of :func:`_step3_cp` (Cellpose 3.1 sampling, twice the unit flow)."""
     tol = np.float32(tol)
+    kz = np.float32(D / (D - 1)) if D > 1 else np.float32(1.0)
+    ky = np.float32(H / (H - 1)) if H > 1 else np.float32(1.0)
+    kx = np.float32(W / (W - 1)) if W > 1 else np.float32(1.0)
+    gain = np.float32(2.0)
     work = 0
     lz = np.empty(_BLOCK, np.float32)
     ly = np.empty(_BLOCK, np.float32)
@@ -173,14 +229,14 @@ def follow_3d(fl, D, H, W, pz, py, px, start, stop, niter, tol):
             work += na * S
             for _ in range(S - 2):
                 for k in range(na):
-                    lz[k], ly[k], lx[k] = _step3(fl, D, H, W, lz[k], ly[k], lx[k])
+                    lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp, kz, ky, kx, gain)
             if S >= 2:
                 for k in range(na):
                     bz[k], by[k], bx[k] = lz[k], ly[k], lx[k]
-                    lz[k], ly[k], lx[k] = _step3(fl, D, H, W, lz[k], ly[k], lx[k])
+                    lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp, kz, ky, kx, gain)
             for k in range(na):
                 az[k], ay[k], ax[k] = lz[k], ly[k], lx[k]
-                lz[k], ly[k], lx[k] = _step3(fl, D, H, W, lz[k], ly[k], lx[k])
+                lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp, kz, ky, kx, gain)
             t += S
             if S < 2 or t >= niter:
                 break

@@ -15,7 +15,8 @@ __all__ = ["Segmentation", "compute_masks"]
 
 def compute_masks(flows: np.ndarray, cellprob: np.ndarray, *, cellprob_threshold: float = 0.0,
                   flow_threshold: float = 0.4, min_size: int = 15, niter: Optional[int] = None,
-                  stitch_threshold: float = 0.0, progress: Optional[ProgressCallback] = None,
+                  stitch_threshold: float = 0.0, sampling: str = "exact",
+                  progress: Optional[ProgressCallback] = None,
                   cancel: CancelToken = None) -> np.ndarray:
     """Masks from unit flows and cell-probability logits.
 
@@ -30,6 +31,8 @@ def compute_masks(flows: np.ndarray, cellprob: np.ndarray, *, cellprob_threshold
     stitch_threshold : float
         For stacks of 2D results: IoU threshold to stitch slices into 3D objects
         (0: slices labelled independently, ids kept unique across the stack).
+    sampling : {"exact", "cellpose3"}
+        3D flow sampling of the dynamics, see :func:`flowseg.engine.dynamics.flows_to_masks`.
 
     Returns
     -------
@@ -42,7 +45,8 @@ def compute_masks(flows: np.ndarray, cellprob: np.ndarray, *, cellprob_threshold
               min_size=int(min_size), niter=niter)
     if flows.shape[0] == cellprob.ndim:
         report(progress, "dynamics", 0, 1, "computing masks")
-        masks = np.asarray(flows_to_masks(flows, cellprob, **kw), dtype=np.int32)
+        masks = np.asarray(flows_to_masks(flows, cellprob, sampling=sampling, **kw),
+                           dtype=np.int32)
         report(progress, "dynamics", 1, 1, "computing masks")
         return masks
     if flows.shape[0] != 2 or cellprob.ndim != 3:
@@ -99,7 +103,7 @@ class Segmentation:
         Object diameter (pixels) the image was processed at.
     params : dict
         Mask parameters used (``cellprob_threshold``, ``flow_threshold``, ``min_size``,
-        ``niter``, ``stitch_threshold``) and how the diameter was chosen.
+        ``niter``, ``stitch_threshold``, ``sampling``) and how the diameter was chosen.
     """
 
     masks: np.ndarray
@@ -117,6 +121,7 @@ class Segmentation:
     def recompute(self, cellprob_threshold: Optional[float] = None,
                   flow_threshold: Optional[float] = None, min_size: Optional[int] = None,
                   niter: Optional[int] = None, stitch_threshold: Optional[float] = None,
+                  sampling: Optional[str] = None,
                   progress: Optional[ProgressCallback] = None,
                   cancel: CancelToken = None) -> "Segmentation":
         """New masks from the stored flows and probabilities (no network run).
@@ -127,7 +132,8 @@ class Segmentation:
         p: dict[str, Any] = dict(self.params)
         for k, v in (("cellprob_threshold", cellprob_threshold),
                      ("flow_threshold", flow_threshold), ("min_size", min_size),
-                     ("niter", niter), ("stitch_threshold", stitch_threshold)):
+                     ("niter", niter), ("stitch_threshold", stitch_threshold),
+                     ("sampling", sampling)):
             if v is not None:
                 p[k] = v
         masks = compute_masks(self.flows, self.cellprob,
@@ -135,5 +141,6 @@ class Segmentation:
                               flow_threshold=p.get("flow_threshold", 0.4),
                               min_size=p.get("min_size", 15), niter=p.get("niter"),
                               stitch_threshold=p.get("stitch_threshold", 0.0),
+                              sampling=p.get("sampling", "exact"),
                               progress=progress, cancel=cancel)
         return dataclasses.replace(self, masks=masks, params=p)
