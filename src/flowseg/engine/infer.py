@@ -215,7 +215,7 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
         How the 3D dynamics sample the flows (see
         :func:`flowseg.engine.dynamics.flows_to_masks`).  ``"cellpose3"`` reproduces
         Cellpose 3.1's 3D masks from the same flows exactly, but it is worse on sharp flow
-        fields (an oracle's exact flows: AP@0.5 0.68 against 0.99), hence not the default.
+        fields (exact flows of known labels: AP@0.5 0.68 against 0.99), hence not the default.
     augment, tile_overlap, batch_size, bsize, whole_max, pad_extra
         Tiling options (see :func:`flowseg.engine.tiling.run_tiled`).  By default an image
         whose padded size is at most ``whole_max`` pixels (1024 x 1024) runs through the
