@@ -28,3 +28,12 @@ def model_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(d))
     Model.new(width=8, nchan=2, diam_mean=17.0, seed=0).save(d / "tiny.pt")
     return d
+
+
+@pytest.fixture
+def peer_python() -> str:
+    """The reference Cellpose 3.1 python (``FLOWSEG_PEER_PYTHON``); skips the test without it."""
+    py = os.environ.get("FLOWSEG_PEER_PYTHON")
+    if not py:
+        pytest.skip("FLOWSEG_PEER_PYTHON not set")
+    return py

@@ -184,13 +184,10 @@ def test_warmup_runs():
 
 
 @pytest.mark.peer
-def test_same_masks_as_cellpose3(tmp_path):
-    import os
+def test_same_masks_as_cellpose3(tmp_path, peer_python):
     import subprocess
 
-    peer = os.environ.get("FLOWSEG_PEER_PYTHON")
-    if not peer:
-        pytest.skip("FLOWSEG_PEER_PYTHON not set")
+    peer = peer_python
     lab = make_labels((192, 224), 30, seed=12)
     flows = masks_to_flows(lab, center="mean")  # Cellpose 3's own flow definition
     cp = _cellprob(lab)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import warnings
 
@@ -146,10 +145,8 @@ def test_bad_labels(bad, match):
 
 
 @pytest.mark.peer
-def test_matches_cellpose3_with_mean_centre(tmp_path):
-    peer = os.environ.get("FLOWSEG_PEER_PYTHON")
-    if not peer:
-        pytest.skip("FLOWSEG_PEER_PYTHON not set")
+def test_matches_cellpose3_with_mean_centre(tmp_path, peer_python):
+    peer = peer_python
     lab = make_labels((160, 192), 30, seed=11)
     np.save(tmp_path / "lab.npy", lab)
     code = ("import numpy as np, torch; from cellpose import dynamics; "

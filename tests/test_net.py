@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -127,10 +126,8 @@ def test_pickled_code_is_refused(tmp_path):
 
 
 @pytest.mark.peer
-def test_peer_standard_cpnet_equivalence(tmp_path):
-    py = os.environ.get("FLOWSEG_PEER_PYTHON")
-    if not py:
-        pytest.skip("FLOWSEG_PEER_PYTHON not set")
+def test_peer_standard_cpnet_equivalence(tmp_path, peer_python):
+    py = peer_python
     out = tmp_path / "peer.pt"
     subprocess.run([py, str(REPO / "benchmarks" / "peer_cpnet.py"), str(out), "--width", "32",
                     "--size", "96", "--batch", "2", "--seed", "3"], check=True)
@@ -142,11 +139,9 @@ def test_peer_standard_cpnet_equivalence(tmp_path):
 
 
 @pytest.mark.peer
-def test_peer_segment_outputs_match(tmp_path):
+def test_peer_segment_outputs_match(tmp_path, peer_python):
     """Same weights and image: our tiled pipeline reproduces CellposeModel.eval's outputs."""
-    py = os.environ.get("FLOWSEG_PEER_PYTHON")
-    if not py:
-        pytest.skip("FLOWSEG_PEER_PYTHON not set")
+    py = peer_python
     from flowseg.engine.synthetic import make_sample
 
     model = Model.new(width=32, seed=5)
