@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from data import RECIPES, load_training_set  # noqa: E402
+from data import RECIPES, load_training_set, stage_configs  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,10 +52,7 @@ def main(argv=None) -> int:
     import flowseg
     from flowseg.engine.progress import ProgressEvent
 
-    cfg = dict(RECIPES[args.model])
-    stages = [{}] + list(cfg.pop("stages", []))
-    if args.epochs:
-        cfg["epochs"] = args.epochs
+    stages = stage_configs(args.model)
     if args.stage != "all" and not (args.stage.isdigit() and 1 <= int(args.stage) <= len(stages)):
         p.error(f"--stage must be 'all' or 1..{len(stages)} for {args.model}")
     k = 1 if args.stage == "all" else int(args.stage)
@@ -67,7 +64,9 @@ def main(argv=None) -> int:
         return final if i == len(stages) else runs / f"{args.model}_stage{i}.pt"
 
     log = open(runs / f"{args.model}.log", "a", buffering=1)
-    cfg.update(stages[k - 1])
+    cfg = dict(stages[k - 1])
+    if args.epochs and k == 1:  # as before: --epochs sets the first stage's length
+        cfg["epochs"] = args.epochs
     start = None if k == 1 else stage_out(k - 1)
     if start is not None and not start.exists():
         p.error(f"stage {k} starts from {start}, which does not exist: run stage {k - 1} first")

@@ -44,6 +44,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
 }
 
+def stage_configs(model: str) -> list[dict[str, Any]]:
+    """The settings of each training stage of a bundled model: the recipe's base settings
+    updated with the stage's own (stage 1 is the base)."""
+    base = {k: v for k, v in RECIPES[model].items() if k != "stages"}
+    return [base] + [{**base, **st} for st in RECIPES[model].get("stages", [])]
+
+
 #: validation images per source
 N_VAL = {"dsb2018": 60, "usiigaci": 6}
 

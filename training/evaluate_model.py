@@ -7,8 +7,9 @@ Usage (from the repository root)::
 Prints and writes ``runs/<model>_eval.json``: mean AP@0.5/0.75/0.9 over the validation
 images segmented at their true median diameter, the same with the diameter estimated by the
 model's size model, and the fraction of images whose estimated diameter is within 20 % of
-the true median diameter; with ``--augment`` also the AP with flip test-time augmentation.  ``--refit-size`` (re)fits the size model on the training images
-first and saves it into the model file.
+the true median diameter; with ``--augment`` also the AP with flip test-time augmentation.
+``--refit-size`` (re)fits the size model on the training images first and saves it into the
+model file.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from data import N_VAL, RECIPES  # noqa: E402
+from data import N_VAL, RECIPES, stage_configs  # noqa: E402
 
 DATA = {
     "nuclei": (
@@ -59,14 +59,12 @@ def _stage_record(name: str, k: int, n: int, last: dict) -> dict:
     return flowseg.Model.load(f).meta.get("training", {})
 
 
-def _stages_text(name: str, cfg: dict, last: dict) -> str:
+def _stages_text(name: str, last: dict) -> str:
     """One paragraph per training stage, numbers from the stages' training records."""
-    first = {k: v for k, v in cfg.items() if k != "stages"}
-    stages = [first] + list(cfg.get("stages", []))
+    stages = stage_configs(name)
     out = []
     total = 0.0
     for k, st in enumerate(stages, 1):
-        st = {**first, **st}
         rec = _stage_record(name, k, len(stages), last)
         total += rec.get("seconds", 0.0)
         c = rec.get("config", {})
@@ -104,7 +102,7 @@ def main(name: str) -> Path:
                  f"relative error {100 * ev['size_median_rel_error']:.1f} %); AP with the "
                  f"estimated diameter: {ape['0.5']:.3f} / {ape['0.75']:.3f} / {ape['0.9']:.3f}."
                  if ape else "- Size model: not fitted.")
-    stages_text = _stages_text(name, cfg, tr)
+    stages_text = _stages_text(name, tr)
     apa = ev.get("ap_true_diameter_augment")
     aug_line = ("" if not apa else
                 f"- With flip test-time augmentation (`augment=True`): {apa['0.5']:.3f} / "
