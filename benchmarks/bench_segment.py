@@ -151,7 +151,9 @@ def main() -> int:
         wpath = model.export_cellpose(Path(td) / "weights_cp")
         for name, img, do_3d in cases:
             seg, t_ours = run_ours(model, img, do_3d, a.runs, a.diameter, sampling=a.sampling)
-            line = f"{name}{' (sampling=' + a.sampling + ')' if do_3d else ''}: ours {min(t_ours):.2f} s (runs {', '.join(f'{t:.2f}' for t in t_ours)})"
+            label = f"{name} (sampling={a.sampling})" if do_3d else name
+            runs = ", ".join(f"{t:.2f}" for t in t_ours)
+            line = f"{label}: ours {min(t_ours):.2f} s (runs {runs})"
             line += f", {seg.n_objects} objects"
             if a.peer:
                 ipath = Path(td) / f"img_{int(do_3d)}.npy"

@@ -132,6 +132,12 @@ def follow_flows(flows: np.ndarray, points: np.ndarray, niter: int = DEFAULT_NIT
 SAMPLINGS = ("exact", "cellpose3")
 
 
+def check_sampling(sampling: str) -> None:
+    """Raise a ``ValueError`` unless ``sampling`` is one of :data:`SAMPLINGS`."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+
+
 def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: float,
             sampling: str = "exact"):
     """:func:`follow_flows` on the interleaved flattened field ``fl``."""
@@ -224,8 +230,7 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     niter = int(niter)
     if flow_threshold is not None and flow_threshold < 0:
         raise ValueError(f"flow_threshold must be >= 0 (0 or None disables), got {flow_threshold}")
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    check_sampling(sampling)
     if converge_tol is None:
         # "cellpose3" promises Cellpose's masks, so it integrates every point for all the
         # steps (it still stops exact repeats, which is cheap there: ~20 steps a point)

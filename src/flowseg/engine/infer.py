@@ -265,10 +265,9 @@ def segment(model: "Model", image: np.ndarray, *, channels=None, channel_axis=No
         else:
             diameter = model.diam_mean
             source = "model diam_mean (no size model; pass diameter to resize)"
-    from .dynamics import SAMPLINGS
+    from .dynamics import check_sampling
 
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    check_sampling(sampling)  # before the network runs
     rescale = model.diam_mean / diameter
     zf = rescale * float(anisotropy or 1.0) if (sdim == 3 and do_3d) else 1.0
     _check_work_size(x.shape[:-1], rescale, zf, diameter, model.diam_mean)
