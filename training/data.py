@@ -44,6 +44,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
 }
 
+
 def stage_configs(model: str) -> list[dict[str, Any]]:
     """The settings of each training stage of a bundled model: the recipe's base settings
     updated with the stage's own (stage 1 is the base)."""
@@ -148,8 +149,8 @@ def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, 
     """Training and validation lists for a bundled model.
 
     ``nuclei``: DSB 2018 nuclei (gray); ``oversample`` > 1 repeats the stained and
-    brightfield images that many times in all.  ``cyto``: Usiigaci phase-contrast cells (repeated 4x
-    so that they make up about half of the draws), a quarter of the DSB nuclei images and 40
+    brightfield images that many times in all (nuclei only).  ``cyto``: Usiigaci
+    phase-contrast cells (repeated 4x so that they make up about half of the draws), a quarter of the DSB nuclei images and 40
     synthetic cytoplasm + nucleus images, all as 2-channel (cytoplasm, nucleus or zeros);
     validated on the held-out Usiigaci images.
     """
@@ -157,6 +158,8 @@ def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, 
         return oversample_rare(load_source("dsb2018", data), oversample)
     if model != "cyto":
         raise ValueError(f"unknown bundled model {model!r}")
+    if oversample > 1:
+        raise ValueError("oversample applies to the nuclei training set only")
     cells = load_source("usiigaci", data)
     nuc = load_source("dsb2018", data)
     simg, slab, sname = synthetic_cyto(40, seed=3000)
