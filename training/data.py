@@ -150,9 +150,9 @@ def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, 
 
     ``nuclei``: DSB 2018 nuclei (gray); ``oversample`` > 1 repeats the stained and
     brightfield images that many times in all (nuclei only).  ``cyto``: Usiigaci
-    phase-contrast cells (repeated 4x so that they make up about half of the draws), a quarter of the DSB nuclei images and 40
-    synthetic cytoplasm + nucleus images, all as 2-channel (cytoplasm, nucleus or zeros);
-    validated on the held-out Usiigaci images.
+    phase-contrast cells (repeated 4x so that they make up about half of the draws), a
+    quarter of the DSB nuclei images and 40 synthetic cytoplasm + nucleus images, all as
+    2-channel (cytoplasm, nucleus or zeros); validated on the held-out Usiigaci images.
     """
     if model == "nuclei":
         return oversample_rare(load_source("dsb2018", data), oversample)
