@@ -66,3 +66,36 @@ def test_build_model_rejects_unknown_stage_before_reading_data(tmp_path):
     with pytest.raises(SystemExit):
         build_model.main(["nuclei", "--stage", "2", "--runs", str(tmp_path),
                           "--data", str(tmp_path / "missing")])
+
+
+def test_widen_model_keeps_outputs_and_rejects_bad_widths():
+    import torch
+
+    import flowseg
+    from widen import widen_model
+
+    torch.manual_seed(0)
+    narrow = flowseg.Model.new(width=4, nchan=2, diam_mean=17.0)
+    narrow.net.train()
+    x = torch.randn(4, 2, 32, 32)
+    with torch.no_grad():  # a few training-mode passes give non-trivial BN statistics
+        for _ in range(3):
+            narrow.net(x + torch.randn_like(x))
+    narrow.net.eval()
+    wide = widen_model(narrow, 8, noise=0.0)
+    wide.net.eval()
+    assert wide.net.nbase == [2, 8, 16, 32, 64]
+    assert wide.size_model is None and wide.meta["widened_from"] == 4
+    with torch.no_grad():
+        (yn, sn), (yw, sw) = narrow.net(x), wide.net(x)
+    assert torch.allclose(yn, yw, atol=1e-4 * float(yn.abs().max()))
+    # the style vector repeats the narrow one, normalised over twice as many entries
+    assert torch.allclose(sw[:, :32] * 2 ** 0.5, sn, atol=1e-5)
+    noisy = widen_model(narrow, 8, noise=0.01, seed=1)
+    noisy.net.eval()
+    with torch.no_grad():
+        yz = noisy.net(x)[0]
+    assert not torch.equal(yz, yw)  # the copies differ, so training can separate them
+    assert float((yz - yw).abs().max()) < 0.2 * float(yw.abs().max())
+    with pytest.raises(ValueError, match="multiple"):
+        widen_model(narrow, 6)

@@ -70,6 +70,10 @@ def main(argv=None) -> int:
     start = None if k == 1 else stage_out(k - 1)
     if start is not None and not start.exists():
         p.error(f"stage {k} starts from {start}, which does not exist: run stage {k - 1} first")
+    if cfg.get("widen"):  # grow the previous stage's model to this stage's width
+        from widen import widen_model
+
+        start = widen_model(flowseg.Model.load(start), cfg["width"], seed=cfg["seed"])
     out = stage_out(k)
     ckpt = runs / (f"{args.model}.ckpt" if k == 1 else f"{args.model}_stage{k}.ckpt")
     print(f"stage {k}/{len(stages)}: {cfg} -> {out}", file=log)

@@ -59,16 +59,19 @@ def main(argv=None) -> int:
         print(f"size model refitted in {time.time() - t:.0f} s")
 
     vi, vl, vn = data["val_images"], data["val_labels"], data["val_names"]
+    vk = data.get("val_kinds") or [None] * len(vi)
     if args.max_images:
         vi, vl, vn = vi[: args.max_images], vl[: args.max_images], vn[: args.max_images]
     rows = []
     t0 = time.time()
-    for img, lab, name in zip(vi, vl, vn):
+    for img, lab, name, kind in zip(vi, vl, vn, vk):
         d_true = median_diameter(lab)
         seg = model.segment(img, channels=chans, diameter=d_true)
         ap = np.asarray(flowseg.average_precision(lab, seg.masks)).ravel()
         row = {"name": name, "true_diameter": d_true, "n_true": int(lab.max()),
                "n_pred": int(seg.masks.max()), "ap": ap.tolist()}
+        if kind is not None:
+            row["kind"] = kind
         if args.augment:
             sa = model.segment(img, channels=chans, diameter=d_true, augment=True)
             row["ap_augment"] = np.asarray(
@@ -87,6 +90,12 @@ def main(argv=None) -> int:
         "ap_true_diameter": dict(zip(["0.5", "0.75", "0.9"], ap.mean(0).round(4).tolist())),
         "images": rows,
     }
+    kinds = sorted({r["kind"] for r in rows if "kind" in r})
+    if kinds:  # image kinds of the source (nuclei: fluorescence, brightfield, stained)
+        out["ap_by_kind"] = {
+            k: {"n": sum(r.get("kind") == k for r in rows),
+                "ap": np.mean([r["ap"] for r in rows if r.get("kind") == k], 0).round(4).tolist()}
+            for k in kinds}
     if rows and "ap_augment" in rows[0]:
         apa = np.array([r["ap_augment"] for r in rows])
         out["ap_true_diameter_augment"] = dict(zip(["0.5", "0.75", "0.9"],

@@ -70,6 +70,9 @@ def _stages_text(name: str, last: dict) -> str:
         c = rec.get("config", {})
         hist = ", ".join(f"{e}: {a}" for e, a in zip(rec.get("val_epoch", []), rec.get("val_ap", [])))
         start = "from random weights" if k == 1 else f"from the stage-{k - 1} model"
+        if st.get("widen"):
+            start += (f" grown to base width {st['width']}, each channel copied "
+                      "(`training/widen.py`)")
         out.append(
             f"- Stage {k} ({start}): `{st['recipe']}` recipe, {c.get('optimizer', st.get('optimizer', 'sgd')).upper()} "
             f"momentum {c.get('momentum', 0.9)}, learning rate {st['learning_rate']} "
@@ -82,6 +85,21 @@ def _stages_text(name: str, last: dict) -> str:
             f"kept epoch {rec.get('best_epoch', '?')}.")
     out.append(f"- Total training time {total / 60:.0f} min.")
     return "\n".join(out)
+
+
+def _width_text(name: str, meta: dict) -> str:
+    """Why the network has its width."""
+    width = int(meta["nbase"][1])
+    stages = stage_configs(name)
+    if width < 32:
+        return (f"base width {width}: half the standard 32, chosen so the model trains on a "
+                "2-core CPU inside one session and runs ~4x faster on laptops")
+    grown = [k for k, st in enumerate(stages, 1) if st.get("widen")]
+    if grown:
+        return (f"base width {width}, the standard; stages 1-{grown[0] - 1} trained a width-"
+                f"{stages[0]['width']} network on the CPU, which stage {grown[0]} grew to "
+                f"width {width} without changing its outputs (Net2Net) and trained on")
+    return f"base width {width}, the standard"
 
 
 def main(name: str) -> Path:
@@ -103,6 +121,11 @@ def main(name: str) -> Path:
                  f"estimated diameter: {ape['0.5']:.3f} / {ape['0.75']:.3f} / {ape['0.9']:.3f}."
                  if ape else "- Size model: not fitted.")
     stages_text = _stages_text(name, tr)
+    kinds = ev.get("ap_by_kind")
+    kind_line = ("" if not kinds else
+                 "- By image kind, AP@0.5 at the true diameter: " + ", ".join(
+                     f"{k} {v['ap'][0]:.3f} ({v['n']} images)" for k, v in kinds.items())
+                 + "\n")
     apa = ev.get("ap_true_diameter_augment")
     aug_line = ("" if not apa else
                 f"- With flip test-time augmentation (`augment=True`): {apa['0.5']:.3f} / "
@@ -120,9 +143,7 @@ napari-flowseg developers with `flowseg.train`; rebuild it with
 {USE[name]}
 
 ## Architecture
-Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} (base width
-{cfg['width']}: half the standard 32, chosen so the model trains on a 2-core CPU inside one
-session and runs ~4x faster on laptops), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file.
+Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} ({_width_text(name, meta)}), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file.
 Mean diameter `diam_mean` = {meta.get('diam_mean')} px. Percentile normalisation
 {meta.get('normalize', [1, 99])}.
 
@@ -145,7 +166,7 @@ shared the cores with other jobs). Logs: `training/logs/{name}.log`.
 ## Validation results ({ev['n_images']} held-out images, mean over images)
 - AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /
   {ap['0.9']:.3f}
-{aug_line}{size_line}
+{aug_line}{kind_line}{size_line}
 
 Produced by `python training/evaluate_model.py {name}{' --augment' if apa else ''}` (see `runs/{name}_eval.json` when
 rebuilt); AP = TP / (TP + FP + FN) with IoU matching. The kept epoch was chosen by AP@0.5 on this
@@ -153,8 +174,8 @@ same split, so these numbers are slightly optimistic; the project is also judged
 images of these sources that we do not have.
 
 ## Limitations
-Trained on a small CPU budget with a narrow network; expect lower accuracy than the
-standard-width Cellpose models on unusual modalities. Fine-tune on a few corrected images
+Trained on a small CPU budget{' with a narrow network' if int(meta['nbase'][1]) < 32 else ''}; expect lower accuracy than the
+standard Cellpose models on unusual modalities. Fine-tune on a few corrected images
 (`flowseg train --model {name} --recipe finetune ...` or the napari Train panel).
 """
     out = ROOT / "src" / "flowseg" / "models" / f"{name}.md"
