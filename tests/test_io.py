@@ -35,6 +35,23 @@ def test_save_load_roundtrip_and_metadata(tmp_path):
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
 
 
+def test_half_precision_save_halves_the_file_and_loads_as_float32(tmp_path):
+    m = Model.new(width=8, nchan=2, diam_mean=17.0, seed=2)
+    full, half = m.save(tmp_path / "full.pt"), m.save(tmp_path / "half.pt", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    raw = torch.load(half, weights_only=True)["state_dict"]
+    assert raw["output.2.weight"].dtype == torch.float16
+    assert raw["output.0.num_batches_tracked"].dtype == torch.int64
+    m2 = Model.load(half)
+    assert all(v.dtype == m.net.state_dict()[k].dtype for k, v in m2.net.state_dict().items())
+    x = torch.randn(1, 2, 32, 32)
+    m.net.eval()
+    m2.net.eval()
+    with torch.no_grad():
+        y, y2 = m.net(x)[0], m2.net(x)[0]
+    assert torch.allclose(y, y2, atol=2e-3 * float(y.abs().max()))
+
+
 def test_atomic_save_leaves_old_file_on_failure(tmp_path):
     m = Model.new(width=2, seed=0)
     p = m.save(tmp_path / "m.pt")

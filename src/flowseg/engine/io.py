@@ -69,7 +69,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
-                    meta: Mapping[str, Any], overwrite: bool = False) -> Path:
+                    meta: Mapping[str, Any], overwrite: bool = False,
+                    half: bool = False) -> Path:
     """Write a model file atomically (temporary file in the same folder + ``os.replace``).
 
     Parameters
@@ -82,6 +83,9 @@ def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
         JSON-serialisable metadata.
     overwrite : bool
         Replace an existing file; otherwise :class:`FileExistsError`.
+    half : bool
+        Store floating-point tensors as float16 (half the file size); they are read back
+        as float32.
 
     Returns
     -------
@@ -95,6 +99,8 @@ def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
         raise ValueError(f"model path {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {str(k): v.detach().to("cpu").clone() for k, v in state_dict.items()}
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": sd,
                "meta": _json_check(meta)}
     return atomic_torch_save(payload, path)

@@ -158,10 +158,13 @@ class Model:
         model.meta["path"] = str(path)
         return model
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Save weights and metadata in our format (atomic write)."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False, half: bool = False
+             ) -> Path:
+        """Save weights and metadata in our format (atomic write); ``half`` stores the
+        weights as float16 (half the size; loaded back as float32)."""
         meta = {k: v for k, v in self.meta.items() if k not in ("path", "source")}
-        return save_model_file(path, self.net.state_dict(), meta, overwrite=overwrite)
+        return save_model_file(path, self.net.state_dict(), meta, overwrite=overwrite,
+                               half=half)
 
     def export_cellpose(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the weights as a Cellpose 3 ``CPnet`` state dict file."""
