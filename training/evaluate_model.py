@@ -55,7 +55,9 @@ def main(argv=None) -> int:
         t = time.time()
         sm = fit_size_model(model, data["train_images"], data["train_labels"], channels=chans)
         model.meta["size_model"] = sm
-        model.save(path, overwrite=True)
+        stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        half = any(v.dtype == torch.float16 for v in stored.values())
+        model.save(path, overwrite=True, half=half)  # keep the file's precision
         print(f"size model refitted in {time.time() - t:.0f} s")
 
     vi, vl, vn = data["val_images"], data["val_labels"], data["val_names"]

@@ -131,7 +131,14 @@ def main(name: str) -> Path:
                 f"- With flip test-time augmentation (`augment=True`): {apa['0.5']:.3f} / "
                 f"{apa['0.75']:.3f} / {apa['0.9']:.3f}\n")
     nparams = sum(p.numel() for p in model.net.parameters())
-    size_mb = (ROOT / "src" / "flowseg" / "models" / f"{name}.pt").stat().st_size / 1e6
+    mfile = ROOT / "src" / "flowseg" / "models" / f"{name}.pt"
+    size_mb = mfile.stat().st_size / 1e6
+    import torch
+
+    stored = torch.load(mfile, map_location="cpu", weights_only=True)["state_dict"]
+    half_text = (" (weights stored as float16 and computed in float32; the validation AP of "
+                 "the float32 weights is the same)"
+                 if any(v.dtype == torch.float16 for v in stored.values()) else "")
     text = f"""# Model card: `{name}`
 
 Bundled with napari-flowseg; load with `flowseg.Model.load("{name}")`. Trained by the
@@ -143,7 +150,7 @@ napari-flowseg developers with `flowseg.train`; rebuild it with
 {USE[name]}
 
 ## Architecture
-Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} ({_width_text(name, meta)}), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file.
+Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} ({_width_text(name, meta)}), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file{half_text}.
 Mean diameter `diam_mean` = {meta.get('diam_mean')} px. Percentile normalisation
 {meta.get('normalize', [1, 99])}.
 
