@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 import flowseg
@@ -85,15 +84,5 @@ def widen_model(model: "flowseg.Model", width: int, *, noise: float = 0.01,
     meta["nbase"] = new_nbase
     meta["size_model"] = None
     meta["widened_from"] = old
-    out = flowseg.Model.from_state_dict(wide, meta)
-    return out
+    return flowseg.Model.from_state_dict(wide, meta)
 
-
-def _selfcheck() -> float:  # pragma: no cover - manual use
-    m = flowseg.Model.load("nuclei")
-    w = widen_model(m, 2 * m.net.nbase[1], noise=0.0)
-    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 2, 64, 64)).astype("f4"))
-    m.net.eval()
-    w.net.eval()
-    with torch.no_grad():
-        return float((m.net(x)[0] - w.net(x)[0]).abs().max())
