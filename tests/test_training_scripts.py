@@ -99,3 +99,11 @@ def test_widen_model_keeps_outputs_and_rejects_bad_widths():
     assert float((yz - yw).abs().max()) < 0.2 * float(yw.abs().max())
     with pytest.raises(ValueError, match="multiple"):
         widen_model(narrow, 6)
+
+
+def test_stored_as_half_reads_the_file_precision(tmp_path):
+    import flowseg
+
+    m = flowseg.Model.new(width=4, nchan=2, diam_mean=17.0, seed=0)
+    assert data.stored_as_half(m.save(tmp_path / "half.pt", half=True))
+    assert not data.stored_as_half(m.save(tmp_path / "full.pt"))

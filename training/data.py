@@ -59,6 +59,14 @@ def stage_configs(model: str) -> list[dict[str, Any]]:
     return [base] + [{**base, **st} for st in RECIPES[model].get("stages", [])]
 
 
+def stored_as_half(path: Path) -> bool:
+    """Whether the model file at ``path`` stores its weights as float16."""
+    import torch
+
+    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return any(v.dtype == torch.float16 for v in sd.values())
+
+
 #: validation images per source
 N_VAL = {"dsb2018": 60, "usiigaci": 6}
 

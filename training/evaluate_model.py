@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from data import RECIPES, load_training_set  # noqa: E402
+from data import RECIPES, load_training_set, stored_as_half  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,9 +55,7 @@ def main(argv=None) -> int:
         t = time.time()
         sm = fit_size_model(model, data["train_images"], data["train_labels"], channels=chans)
         model.meta["size_model"] = sm
-        stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        half = any(v.dtype == torch.float16 for v in stored.values())
-        model.save(path, overwrite=True, half=half)  # keep the file's precision
+        model.save(path, overwrite=True, half=stored_as_half(path))  # keep its precision
         print(f"size model refitted in {time.time() - t:.0f} s")
 
     vi, vl, vn = data["val_images"], data["val_labels"], data["val_names"]

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from data import N_VAL, RECIPES, stage_configs  # noqa: E402
+from data import N_VAL, RECIPES, stage_configs, stored_as_half  # noqa: E402
 
 DATA = {
     "nuclei": (
@@ -133,12 +133,8 @@ def main(name: str) -> Path:
     nparams = sum(p.numel() for p in model.net.parameters())
     mfile = ROOT / "src" / "flowseg" / "models" / f"{name}.pt"
     size_mb = mfile.stat().st_size / 1e6
-    import torch
-
-    stored = torch.load(mfile, map_location="cpu", weights_only=True)["state_dict"]
     half_text = (" (weights stored as float16 and computed in float32; the validation AP of "
-                 "the float32 weights is the same)"
-                 if any(v.dtype == torch.float16 for v in stored.values()) else "")
+                 "the float32 weights is the same)" if stored_as_half(mfile) else "")
     text = f"""# Model card: `{name}`
 
 Bundled with napari-flowseg; load with `flowseg.Model.load("{name}")`. Trained by the
