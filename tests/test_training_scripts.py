@@ -101,6 +101,49 @@ def test_widen_model_keeps_outputs_and_rejects_bad_widths():
         widen_model(narrow, 6)
 
 
+def test_refresh_copies_separates_widened_channels_and_keeps_outputs():
+    import torch
+
+    import flowseg
+    from widen import refresh_copies, widen_model
+
+    torch.manual_seed(0)
+    narrow = flowseg.Model.new(width=4, nchan=2, diam_mean=17.0)
+    narrow.net.train()
+    x = torch.randn(4, 2, 32, 32)
+    with torch.no_grad():
+        for _ in range(3):
+            narrow.net(x + torch.randn_like(x))
+    narrow.net.eval()
+    wide = widen_model(narrow, 8, noise=0.0)
+    fresh = refresh_copies(wide, seed=3)
+    fresh.net.eval()
+    assert fresh.net.nbase == wide.net.nbase and fresh.size_model is None
+    with torch.no_grad():
+        yn, yf = narrow.net(x)[0], fresh.net(x)[0]
+    # the outputs stay those of the narrow model (new channels are read with zero weights)
+    assert float((yf - yn).abs().max()) < 1e-2 * float(yn.abs().max())
+    sw, sf = wide.net.state_dict(), fresh.net.state_dict()
+    name = "downsample.down.res_down_1.conv.conv_1.2.weight"
+    w, f = sw[name], sf[name]
+    h, c = w.shape[0] // 2, w.shape[1] // 2
+    assert torch.equal(w[:h], w[h:])  # widen_model without noise: exact copies
+    assert torch.allclose(f[:h, :c], w[:h, :c] * 2)  # the two copies' reads folded into one
+    assert torch.all(f[:h, c:] == 0)  # the old channels do not read the new ones yet
+    cos = torch.nn.functional.cosine_similarity(f[:h].flatten(1), f[h:].flatten(1))
+    assert float(cos.abs().mean()) < 0.5  # the new channels are not copies
+    # one training step moves the new channels differently from the old ones
+    fresh.net.train()
+    opt = torch.optim.SGD(fresh.net.parameters(), lr=0.1)
+    y, _ = fresh.net(x)
+    y.pow(2).mean().backward()
+    g = dict(fresh.net.named_parameters())[name].grad
+    assert float(g[:, c:].abs().max()) > 0
+    opt.step()
+    with pytest.raises(ValueError, match="factor"):
+        refresh_copies(wide, factor=3)
+
+
 def test_stored_as_half_reads_the_file_precision(tmp_path):
     import flowseg
 

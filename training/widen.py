@@ -10,6 +10,13 @@ noise is added to the copies so that training can tell them apart.
 
 Chen, Goodfellow & Shlens, "Net2Net: accelerating learning via knowledge transfer",
 ICLR 2016.
+
+The noise is not enough: two copies of a channel read the same inputs and are read with the
+same weights, so SGD gives them the same updates and they stay copies (cosine similarity
+0.999 after 100 epochs of stage 4 of the nuclei model), leaving the wide network with the
+capacity of the narrow one.  :func:`refresh_copies` fixes such a network: it folds each pair
+of copies back into one channel and re-initialises the spare channels at random, with zero
+weights reading them, so they start unlike the others and the outputs stay the same.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 import flowseg
 from flowseg.engine.net import nbase_for_width
 
-__all__ = ["widen_model"]
+__all__ = ["widen_model", "refresh_copies"]
 
 
 _INPUT_BN = ("downsample.down.res_down_0.conv.conv_0.0.", "downsample.down.res_down_0.proj.0.")
@@ -86,3 +93,75 @@ def widen_model(model: "flowseg.Model", width: int, *, noise: float = 0.01,
     meta["widened_from"] = old
     return flowseg.Model.from_state_dict(wide, meta)
 
+
+
+def _is_hidden_out(name: str, t: torch.Tensor) -> bool:
+    """Whether dim 0 of a state-dict entry indexes hidden channels."""
+    return not (t.ndim == 0 or name.startswith("diam_") or name.startswith(_INPUT_BN)
+                or name.startswith("output.2."))
+
+
+def _is_hidden_in(name: str, t: torch.Tensor) -> bool:
+    """Whether dim 1 of a state-dict entry reads hidden channels."""
+    return t.ndim >= 2 and not name.startswith(_INPUT_CONV)
+
+
+def refresh_copies(model: "flowseg.Model", *, factor: int = 2, scale: float = 0.1,
+                   seed: int = 0) -> "flowseg.Model":
+    """Fold the channel copies of a Net2Net-widened model and re-initialise the spares.
+
+    Hidden channel ``j`` and its copies ``j + k w`` (``w`` = width / ``factor``) become one
+    channel ``j`` (weights that read them are summed; the style projections by
+    ``sqrt(factor)``, undoing :func:`widen_model`); channels ``w .. width-1`` get random
+    weights (``scale`` times the standard deviation of the tensor's kept rows), zero bias,
+    fresh BatchNorm statistics, and every weight that reads them is zero.  The outputs are
+    unchanged up to the small contribution of the new channels to the style vector's norm,
+    and the new channels receive gradients of their own from the first step.
+
+    Parameters
+    ----------
+    model : flowseg.Model
+        A model whose hidden channels are (near-)copies in ``factor`` blocks, e.g. the
+        result of :func:`widen_model` after training (not modified).
+    factor : int
+        Number of copies of each channel.
+    scale : float
+        Relative size of the new channels' incoming weights.
+    seed : int
+        Seed of the random weights.
+
+    Returns
+    -------
+    flowseg.Model
+        Same width and architecture; size model dropped (the style vector changes).
+    """
+    nbase = list(model.net.nbase)
+    if factor < 2 or any(c % factor for c in nbase[1:]):
+        raise ValueError(f"factor {factor} must be >= 2 and divide every width in {nbase[1:]}")
+    gen = torch.Generator().manual_seed(int(seed))
+    out: dict[str, Any] = {}
+    for name, t in model.net.state_dict().items():
+        w = t.clone()
+        if _is_hidden_in(name, t):  # fold the copies' read weights into the first block
+            n = t.shape[1] // factor
+            parts = w.split(n, dim=1)
+            folded = sum(parts[1:], parts[0].clone())
+            if ".full." in name:
+                folded = folded / math.sqrt(factor)
+            w = torch.cat([folded] + [torch.zeros_like(p) for p in parts[1:]], dim=1)
+        if _is_hidden_out(name, t):
+            n = t.shape[0] // factor
+            if name.endswith("num_batches_tracked") or not t.is_floating_point():
+                pass
+            elif name.endswith("running_var") or (t.ndim == 1 and name.endswith(".weight")):
+                w[n:] = 1.0  # BatchNorm variances and scales
+            elif t.ndim == 1:  # biases, BN shifts and running means
+                w[n:] = 0.0
+            else:
+                std = float(w[:n].std()) or 1.0
+                w[n:] = scale * std * torch.randn(w[n:].shape, generator=gen, dtype=w.dtype)
+        out[name] = w
+    meta = dict(model.meta)
+    meta["size_model"] = None
+    meta["refreshed_copies"] = int(factor)
+    return flowseg.Model.from_state_dict(out, meta)
