@@ -74,10 +74,6 @@ def main(argv=None) -> int:
         from widen import widen_model
 
         start = widen_model(flowseg.Model.load(start), cfg["width"], seed=cfg["seed"])
-    if cfg.get("refresh"):  # re-initialise the channel copies left by an earlier widening
-        from widen import refresh_copies
-
-        start = refresh_copies(flowseg.Model.load(start), seed=cfg["seed"])
     out = stage_out(k)
     ckpt = runs / (f"{args.model}.ckpt" if k == 1 else f"{args.model}_stage{k}.ckpt")
     print(f"stage {k}/{len(stages)}: {cfg} -> {out}", file=log)

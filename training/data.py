@@ -41,16 +41,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             # bundled file stores float16 weights (13 MB; validation AP identical).
             dict(recipe="finetune", epochs=100, learning_rate=0.05, optimizer="sgd",
                  momentum=0.9, weight_decay=1e-5, warmup=5, val_every=20, seed=20,
-                 oversample=3, width=32, widen=True),
-            # stage 5 (session 5): stage 4's copies never came apart (cosine similarity of
-            # each channel pair 0.999 after 100 epochs), so the width-32 network still had
-            # the capacity of width 16.  The copies are folded back into one channel each
-            # and the spare channels re-initialised at random (training/widen.py
-            # refresh_copies; validation AP 0.839 -> 0.837 before training), then trained.
-            # The bundled file stores float16 weights (13 MB; validation AP unchanged).
-            dict(recipe="finetune", epochs=100, learning_rate=0.05, optimizer="sgd",
-                 momentum=0.9, weight_decay=1e-5, warmup=5, val_every=10, seed=24,
-                 oversample=3, width=32, refresh=True, half=True),
+                 oversample=3, width=32, widen=True, half=True),
         ],
     ),
     "cyto": dict(
