@@ -105,7 +105,7 @@ def test_refresh_copies_separates_widened_channels_and_keeps_outputs():
     import torch
 
     import flowseg
-    from widen import refresh_copies, widen_model
+    from widen import copy_similarity, refresh_copies, widen_model
 
     torch.manual_seed(0)
     narrow = flowseg.Model.new(width=4, nchan=2, diam_mean=17.0)
@@ -132,6 +132,7 @@ def test_refresh_copies_separates_widened_channels_and_keeps_outputs():
     assert torch.all(f[:h, c:] == 0)  # the old channels do not read the new ones yet
     cos = torch.nn.functional.cosine_similarity(f[:h].flatten(1), f[h:].flatten(1))
     assert float(cos.abs().mean()) < 0.5  # the new channels are not copies
+    assert copy_similarity(wide) > 0.999 and abs(copy_similarity(fresh)) < 0.5
     # one training step moves the new channels differently from the old ones
     fresh.net.train()
     opt = torch.optim.SGD(fresh.net.parameters(), lr=0.1)

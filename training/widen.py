@@ -30,7 +30,7 @@ import torch
 import flowseg
 from flowseg.engine.net import nbase_for_width
 
-__all__ = ["widen_model", "refresh_copies"]
+__all__ = ["widen_model", "refresh_copies", "copy_similarity"]
 
 
 _INPUT_BN = ("downsample.down.res_down_0.conv.conv_0.0.", "downsample.down.res_down_0.proj.0.")
@@ -166,3 +166,16 @@ def refresh_copies(model: "flowseg.Model", *, factor: int = 2, scale: float = 0.
     meta["size_model"] = None
     meta["refreshed_copies"] = int(factor)
     return flowseg.Model.from_state_dict(out, meta)
+
+
+def copy_similarity(model: "flowseg.Model", factor: int = 2) -> float:
+    """Mean cosine similarity between each hidden channel's incoming 3x3 convolution weights
+    and those of its Net2Net copy (channel ``j`` and ``j + w``): about 1 while the copies
+    are still copies, about 0 for independent channels."""
+    sims = []
+    for name, t in model.net.state_dict().items():
+        if t.ndim == 4 and t.shape[-1] == 3 and t.shape[0] % factor == 0:
+            parts = t.float().flatten(1).split(t.shape[0] // factor, dim=0)
+            for p in parts[1:]:
+                sims.append(torch.nn.functional.cosine_similarity(parts[0], p, dim=1).mean())
+    return float(torch.stack(sims).mean()) if sims else float("nan")

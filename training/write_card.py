@@ -87,7 +87,7 @@ def _stages_text(name: str, last: dict) -> str:
     return "\n".join(out)
 
 
-def _width_text(name: str, meta: dict) -> str:
+def _width_text(name: str, meta: dict, model: "flowseg.Model") -> str:
     """Why the network has its width."""
     width = int(meta["nbase"][1])
     stages = stage_configs(name)
@@ -96,9 +96,15 @@ def _width_text(name: str, meta: dict) -> str:
                 "2-core CPU inside one session and runs ~4x faster on laptops")
     grown = [k for k, st in enumerate(stages, 1) if st.get("widen")]
     if grown:
+        from widen import copy_similarity
+
+        sim = copy_similarity(model, factor=width // int(stages[0]["width"]))
         return (f"base width {width}, the standard; stages 1-{grown[0] - 1} trained a width-"
                 f"{stages[0]['width']} network on the CPU, which stage {grown[0]} grew to "
-                f"width {width} without changing its outputs (Net2Net) and trained on")
+                f"width {width} without changing its outputs (Net2Net) and trained on.  The "
+                f"copied channels stayed nearly copies (mean cosine similarity of their "
+                f"weights {sim:.3f}), so the network has about the capacity of width "
+                f"{stages[0]['width']}; see docs/training.md")
     return f"base width {width}, the standard"
 
 
@@ -146,7 +152,7 @@ napari-flowseg developers with `flowseg.train`; rebuild it with
 {USE[name]}
 
 ## Architecture
-Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} ({_width_text(name, meta)}), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file{half_text}.
+Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} ({_width_text(name, meta, model)}), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file{half_text}.
 Mean diameter `diam_mean` = {meta.get('diam_mean')} px. Percentile normalisation
 {meta.get('normalize', [1, 99])}.
 
