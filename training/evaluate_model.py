@@ -29,6 +29,14 @@ sys.path.insert(0, str(HERE))
 from data import RECIPES, load_training_set, stored_as_half  # noqa: E402
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (so records do not name a machine)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", choices=sorted(RECIPES))
@@ -85,7 +93,7 @@ def main(argv=None) -> int:
         print(name, row["n_true"], row["n_pred"], np.round(ap, 3), flush=True)
     ap = np.array([r["ap"] for r in rows])
     out = {
-        "model": args.model, "file": str(path), "n_images": len(rows),
+        "model": args.model, "file": _shown(path), "n_images": len(rows),
         "seconds": time.time() - t0,
         "ap_true_diameter": dict(zip(["0.5", "0.75", "0.9"], ap.mean(0).round(4).tolist())),
         "images": rows,
