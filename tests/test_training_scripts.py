@@ -133,14 +133,12 @@ def test_refresh_copies_separates_widened_channels_and_keeps_outputs():
     cos = torch.nn.functional.cosine_similarity(f[:h].flatten(1), f[h:].flatten(1))
     assert float(cos.abs().mean()) < 0.5  # the new channels are not copies
     assert copy_similarity(wide) > 0.999 and abs(copy_similarity(fresh)) < 0.5
-    # one training step moves the new channels differently from the old ones
+    # the zero weights that read the new channels get gradients from the first step
     fresh.net.train()
-    opt = torch.optim.SGD(fresh.net.parameters(), lr=0.1)
     y, _ = fresh.net(x)
     y.pow(2).mean().backward()
     g = dict(fresh.net.named_parameters())[name].grad
-    assert float(g[:, c:].abs().max()) > 0
-    opt.step()
+    assert float(g[:h, c:].abs().max()) > 0
     with pytest.raises(ValueError, match="factor"):
         refresh_copies(wide, factor=3)
 

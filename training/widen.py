@@ -37,14 +37,24 @@ _INPUT_BN = ("downsample.down.res_down_0.conv.conv_0.0.", "downsample.down.res_d
 _INPUT_CONV = ("downsample.down.res_down_0.conv.conv_0.2.", "downsample.down.res_down_0.proj.1.")
 
 
+def _is_hidden_out(name: str, t: torch.Tensor) -> bool:
+    """Whether dim 0 of a state-dict entry indexes hidden channels (not the input
+    BatchNorms, the diameters or the 3 output maps)."""
+    return not (t.ndim == 0 or name.startswith("diam_") or name.startswith(_INPUT_BN)
+                or name.startswith("output.2."))
+
+
+def _is_hidden_in(name: str, t: torch.Tensor) -> bool:
+    """Whether dim 1 of a state-dict entry reads hidden channels (not the image channels)."""
+    return t.ndim >= 2 and not name.startswith(_INPUT_CONV)
+
+
 def _widen_tensor(name: str, t: torch.Tensor, factor: int) -> torch.Tensor:
     """The wide version of one state-dict entry (hidden channel ``j`` copies ``j mod w``)."""
-    if t.ndim == 0 or name.startswith("diam_") or name.startswith(_INPUT_BN):
-        return t.clone()
-    out = t
-    if not name.startswith("output.2."):  # dim 0 is hidden except for the 3 output maps
+    out = t.clone()
+    if _is_hidden_out(name, t):
         out = out.repeat(factor, *([1] * (out.ndim - 1)))
-    if out.ndim >= 2 and not name.startswith(_INPUT_CONV):  # dim 1 reads hidden channels
+    if _is_hidden_in(name, t):
         # each input channel now arrives `factor` times; the style input is also divided
         # by sqrt(factor) by its L2 normalisation, so style projections shrink less
         scale = math.sqrt(factor) if ".full." in name else float(factor)
@@ -95,18 +105,6 @@ def widen_model(model: "flowseg.Model", width: int, *, noise: float = 0.01,
     return flowseg.Model.from_state_dict(wide, meta)
 
 
-
-def _is_hidden_out(name: str, t: torch.Tensor) -> bool:
-    """Whether dim 0 of a state-dict entry indexes hidden channels."""
-    return not (t.ndim == 0 or name.startswith("diam_") or name.startswith(_INPUT_BN)
-                or name.startswith("output.2."))
-
-
-def _is_hidden_in(name: str, t: torch.Tensor) -> bool:
-    """Whether dim 1 of a state-dict entry reads hidden channels."""
-    return t.ndim >= 2 and not name.startswith(_INPUT_CONV)
-
-
 def refresh_copies(model: "flowseg.Model", *, factor: int = 2, scale: float = 0.1,
                    seed: int = 0) -> "flowseg.Model":
     """Fold the channel copies of a Net2Net-widened model and re-initialise the spares.
@@ -152,7 +150,7 @@ def refresh_copies(model: "flowseg.Model", *, factor: int = 2, scale: float = 0.
             w = torch.cat([folded] + [torch.zeros_like(p) for p in parts[1:]], dim=1)
         if _is_hidden_out(name, t):
             n = t.shape[0] // factor
-            if name.endswith("num_batches_tracked") or not t.is_floating_point():
+            if not t.is_floating_point():  # BatchNorm batch counters
                 pass
             elif name.endswith("running_var") or (t.ndim == 1 and name.endswith(".weight")):
                 w[n:] = 1.0  # BatchNorm variances and scales

@@ -87,9 +87,9 @@ def _stages_text(name: str, last: dict) -> str:
     return "\n".join(out)
 
 
-def _width_text(name: str, meta: dict, model: "flowseg.Model") -> str:
+def _width_text(name: str, model: "flowseg.Model") -> str:
     """Why the network has its width."""
-    width = int(meta["nbase"][1])
+    width = int(model.meta["nbase"][1])
     stages = stage_configs(name)
     if width < 32:
         return (f"base width {width}: half the standard 32, chosen so the model trains on a "
@@ -152,7 +152,7 @@ napari-flowseg developers with `flowseg.train`; rebuild it with
 {USE[name]}
 
 ## Architecture
-Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} ({_width_text(name, meta, model)}), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file{half_text}.
+Cellpose-style residual U-Net (`FlowNet`), channels {meta.get('nbase')} ({_width_text(name, model)}), {nparams / 1e6:.2f} M parameters, {size_mb:.1f} MB file{half_text}.
 Mean diameter `diam_mean` = {meta.get('diam_mean')} px. Percentile normalisation
 {meta.get('normalize', [1, 99])}.
 
