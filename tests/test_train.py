@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flowseg.engine.augment import random_transform, warp_sample
+from flowseg.engine.checkpoint import load_checkpoint
 from flowseg.engine.flows import masks_to_flows
 from flowseg.engine.metrics import average_precision
 from flowseg.engine.model import Model
@@ -112,6 +113,10 @@ def test_resume_continues_exactly(tmp_path):
     rest = train(m0, ti, tl, checkpoint_path=tmp_path / "c.ckpt", resume=tmp_path / "b.ckpt",
                  **kw)
     assert rest.history["epoch"] == [1, 2, 3, 4]
+    # the training time counts the interrupted run too
+    ck = load_checkpoint(tmp_path / "b.ckpt")
+    assert ck["seconds"] >= sum(part.history["seconds"])
+    assert rest.seconds >= ck["seconds"] + sum(rest.history["seconds"][2:])
     np.testing.assert_allclose(rest.history["loss"], full.history["loss"], rtol=1e-6)
     a, c = full.model.net.state_dict(), rest.model.net.state_dict()
     for k in a:

@@ -53,8 +53,9 @@ def test_oversample_rare_repeats_only_rare_training_images():
     assert data.oversample_rare(d, 1) is d
 
 
-def test_build_model_rejects_unknown_stage_before_reading_data(tmp_path):
+def test_build_model_rejects_unknown_stage_before_reading_data(tmp_path, monkeypatch, capsys):
     import build_model
+    import data
 
     with pytest.raises(SystemExit):
         build_model.main(["cyto", "--stage", "2", "--runs", str(tmp_path),
@@ -62,10 +63,14 @@ def test_build_model_rejects_unknown_stage_before_reading_data(tmp_path):
     with pytest.raises(SystemExit):
         build_model.main(["nuclei", "--stage", "x", "--runs", str(tmp_path),
                           "--data", str(tmp_path / "missing")])
-    # stage 2 needs stage 1's model first
+    # stage 2 needs stage 1's model first (a two-stage recipe)
+    two = {**data.RECIPES["nuclei"], "stages": [dict(recipe="finetune", epochs=2)]}
+    monkeypatch.setitem(data.RECIPES, "nuclei", two)
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         build_model.main(["nuclei", "--stage", "2", "--runs", str(tmp_path),
                           "--data", str(tmp_path / "missing")])
+    assert "run stage 1 first" in capsys.readouterr().err
 
 
 def test_widen_model_keeps_outputs_and_rejects_bad_widths():

@@ -51,7 +51,7 @@ def _cpu(obj: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, *, net_state: dict, optimizer_state: dict,
                     epoch: int, config: dict, history: dict, rng: dict, meta: dict,
-                    best: Optional[dict] = None) -> Path:
+                    best: Optional[dict] = None, seconds: float = 0.0) -> Path:
     """Write a checkpoint atomically.
 
     Parameters
@@ -72,11 +72,13 @@ def save_checkpoint(path: str | os.PathLike, *, net_state: dict, optimizer_state
         The model's metadata.
     best : dict, optional
         ``{"epoch": int, "score": float, "state_dict": {...}}``.
+    seconds : float
+        Wall-clock seconds of training so far, all runs of a resumed training together.
     """
     payload = {"format": CHECKPOINT_FORMAT, "format_version": 1, "epoch": int(epoch),
                "net": _cpu(net_state), "optimizer": _cpu(optimizer_state),
                "config": dict(config), "history": history, "rng": rng, "meta": dict(meta),
-               "best": _cpu(best) if best is not None else None}
+               "best": _cpu(best) if best is not None else None, "seconds": float(seconds)}
     return atomic_torch_save(payload, path)
 
 

@@ -291,6 +291,7 @@ def train(
         hist = ck["history"]
         best = ck["best"]
         start = int(ck["epoch"])
+        t_start -= float(ck.get("seconds", 0.0))  # earlier runs count in the training time
 
     old_threads = torch.get_num_threads()
     ncores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -312,7 +313,8 @@ def train(
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, net_state=net.state_dict(),
                             optimizer_state=opt.state_dict(), epoch=done_epochs, config=cfg,
-                            history=hist, rng=rstate, meta=model.meta, best=best)
+                            history=hist, rng=rstate, meta=model.meta, best=best,
+                            seconds=time.monotonic() - t_start)
 
     try:
         for epoch in range(start, nep):
