@@ -169,8 +169,8 @@ Every stage: batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, {cfg[
 crops per epoch; random rotation (flow vectors rotated), flips, scale 0.75-1.25 around the
 common diameter. Loss: MSE on 5x flows / 2 + BCE on cell probability. The kept model of a
 stage is its epoch with the best validation AP@0.5 (so the validation split chose it).
-Hardware: {platform.machine()} CPU with 2 cores, 1 or 2 training threads, no GPU (session 1
-shared the cores with other jobs). Logs: `training/logs/{name}.log`.
+Hardware: {platform.machine()} CPU with 2 cores, 1 or 2 training threads, no GPU (other jobs
+shared the cores at times). Logs: `training/logs/{name}.log`.
 
 ## Validation results ({ev['n_images']} held-out images, mean over images)
 - AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /

@@ -54,6 +54,10 @@ class TrainResult:
         Whether ``cancel`` stopped the run early.
     save_path, checkpoint_path : Path or None
         Files written.
+    seconds : float
+        Wall-clock training time, including the earlier runs of a resumed training.
+    crops_per_second : float
+        Training throughput of this call's epochs.
     """
 
     model: Any
