@@ -18,6 +18,7 @@ from flowseg.engine.progress import ProgressCollector
 from flowseg.engine.schedule import RECIPES, lr_schedule, resolve_recipe
 from flowseg.engine.synthetic import make_sample
 from flowseg.engine.train import train
+from flowseg.engine.trainprep import prepare_samples
 
 
 def _data(seeds, kind="cells", shape=(160, 160), **kw):
@@ -121,6 +122,53 @@ def test_resume_continues_exactly(tmp_path):
     a, c = full.model.net.state_dict(), rest.model.net.state_dict()
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), c[k].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_worker_processes_give_the_same_batches_and_weights(tmp_path):
+    """workers >= 1: per-batch seeds, so forked workers and in-process give one result; a
+    run resumed at an epoch boundary with workers continues exactly."""
+    from flowseg.engine.batches import BatchMaker
+
+    ti, tl = _tiny()
+    sm = prepare_samples(ti, tl, nchan=2)
+    imgs, flows, fgs = sm.images, sm.flows, sm.fgs
+    order = np.array([0, 1, 1, 0, 0, 1, 1])
+    out = {}
+    for w in (0, 1, 2):
+        with BatchMaker(imgs, flows, fgs, [1.0] * len(imgs), 64, workers=w) as bm:
+            out[w] = list(bm.epoch(np.random.default_rng(5), order, 3))
+        assert [len(b[0]) for b in out[w]] == [3, 3, 1]
+        assert out[w][0][1].shape == (3, 2, 64, 64) and out[w][0][2].shape == (3, 3, 64, 64)
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[2], b[2])
+    assert not np.array_equal(out[0][0][1], out[1][0][1])  # a different random stream
+    with pytest.raises(ValueError, match="workers"):
+        BatchMaker(imgs, flows, fgs, [1.0, 1.0], 64, workers=-1)
+
+    kw = dict(recipe="finetune", epochs=3, crop=64, batch_size=4, n_per_epoch=8, seed=1,
+              checkpoint_every=0)
+    m0 = Model.new(width=8, seed=0)
+    one = train(m0, ti, tl, checkpoint_path=tmp_path / "a.ckpt", workers=1, **kw)
+    two = train(m0, ti, tl, checkpoint_path=tmp_path / "b.ckpt", workers=2, progress=None,
+                cancel=None, **kw)
+    np.testing.assert_allclose(one.history["loss"], two.history["loss"], rtol=1e-6)
+    assert load_checkpoint(tmp_path / "b.ckpt")["config"]["batch_seeds"] is True
+    n = {"e": 0}
+
+    def prog(ev):
+        if ev.stage == "epoch":
+            n["e"] = ev.done
+
+    part = train(m0, ti, tl, checkpoint_path=tmp_path / "c.ckpt", workers=2, progress=prog,
+                 cancel=lambda: n["e"] >= 1, **kw)
+    assert part.cancelled
+    rest = train(m0, ti, tl, checkpoint_path=tmp_path / "d.ckpt", workers=2,
+                 resume=tmp_path / "c.ckpt", **kw)
+    np.testing.assert_allclose(rest.history["loss"], one.history["loss"], rtol=1e-6)
+    with pytest.warns(UserWarning, match="workers=0"):
+        train(m0, ti, tl, checkpoint_path=tmp_path / "e.ckpt", workers=0,
+              resume=tmp_path / "c.ckpt", **kw)
 
 
 def test_cancel_keeps_best_and_saves(tmp_path):

@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint in --runs")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes making the crops (default: the recipe's); any value >= 1 "
+                        "gives the same crops, 0 the single-stream crops of the CPU recipes")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly (keeping a checkpoint) after this many minutes")
     p.add_argument("--stage", default="all",
@@ -76,7 +79,10 @@ def main(argv=None) -> int:
         start = widen_model(flowseg.Model.load(start), cfg["width"], seed=cfg["seed"])
     out = stage_out(k)
     ckpt = runs / (f"{args.model}.ckpt" if k == 1 else f"{args.model}_stage{k}.ckpt")
-    print(f"stage {k}/{len(stages)}: {cfg} -> {out}", file=log)
+    import torch
+
+    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"stage {k}/{len(stages)}: {cfg} -> {out} (on {device})", file=log)
 
     t0 = time.time()
     data = load_training_set(args.model, Path(args.data), oversample=cfg.get("oversample", 1))
@@ -126,6 +132,7 @@ def main(argv=None) -> int:
         cancel=cancel,
         seed=cfg["seed"],
         threads=args.threads,
+        workers=cfg.get("workers", 0) if args.workers is None else args.workers,
     )
     if cfg.get("half") and out == final and not res.cancelled:
         # the bundled file stores float16 weights (half the size; validation AP unchanged)
@@ -145,6 +152,7 @@ def main(argv=None) -> int:
         rest = ["--stage", str(k + 1), "--runs", str(runs), "--data", args.data,
                 "--out", str(final)]
         rest += [] if args.threads is None else ["--threads", str(args.threads)]
+        rest += [] if args.workers is None else ["--workers", str(args.workers)]
         rest += ["--resume"] if args.resume else []
         return main([args.model] + rest)
     return 0

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .augment import make_batch
+from .batches import BatchMaker
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .progress import Cancelled, check_cancel, report
 from .schedule import RECIPES, flow_loss, lr_schedule, make_optimizer, resolve_recipe
@@ -159,6 +159,7 @@ def train(
     cancel=None,
     seed: Optional[int] = None,
     threads: Optional[int] = None,
+    workers: int = 0,
 ) -> TrainResult:
     """Train a model from scratch or fine-tune one on image / label pairs.
 
@@ -216,6 +217,11 @@ def train(
         Makes crops and their order reproducible.
     threads : int, optional
         Torch CPU threads (default: all cores available to the process).
+    workers : int
+        0 (default): crops are made in this process from one random stream.  >= 1: each
+        batch gets its own seed and ``workers`` forked processes make them ahead of the
+        network (for a GPU, whose steps outrun one CPU core); any ``workers >= 1`` gives the
+        same batches, which differ from ``workers=0``'s.
 
     Returns
     -------
@@ -271,6 +277,10 @@ def train(
                 warnings.warn(f"resuming with {k}={({**cfg, 'crop': crop})[k]!r}, the "
                               f"checkpoint used {old[k]!r}", stacklevel=2)
         seed = int(old.get("seed", seed))
+        if bool(old.get("batch_seeds", False)) != (int(workers) > 0):
+            warnings.warn(f"resuming with workers={workers}: the checkpoint's batches were made "
+                          f"with workers {'>= 1' if old.get('batch_seeds') else '= 0'}, so the "
+                          "crops will differ from an uninterrupted run", stacklevel=2)
 
     dm = model.diam_mean
     scales = _base_scales(samples, dm, rescale, diameter)
@@ -279,8 +289,11 @@ def train(
     nep = cfg["epochs"]
     vevery = int(val_every) if val_every else max(1, nep // 10)
     lrs = lr_schedule(nep, cfg["learning_rate"], cfg["warmup"])
+    if int(workers) < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     cfg.update(crop=crop, rescale=bool(rescale), diameter=diameter, n_per_epoch=nper,
                val_every=vevery, seed=seed, min_masks=int(min_masks), anisotropy=anisotropy,
+               batch_seeds=int(workers) > 0,
                channels=None if channels is None else list(channels))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -312,6 +325,7 @@ def train(
     epoch_rng = rng_state(rng)
     last_ck = time.monotonic()
     n_crops, t_loop = 0, 0.0
+    maker = BatchMaker(samples.images, samples.flows, samples.fgs, scales, crop, int(workers))
 
     def _checkpoint(done_epochs: int, rstate: dict) -> None:
         if checkpoint_path is not None:
@@ -329,11 +343,8 @@ def train(
             net.train()
             order = _epoch_indices(rng, len(samples), nper)
             loss_sum = 0.0
-            for b in range(nb):
+            for b, (idx, x, y) in enumerate(maker.epoch(rng, order, cfg["batch_size"])):
                 check_cancel(cancel)
-                idx = order[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
-                x, y = make_batch(samples.images, samples.flows, samples.fgs, scales, idx,
-                                  rng, crop)
                 xt = torch.from_numpy(x).to(device).contiguous(memory_format=mf)
                 out = net(xt)[0]
                 loss = flow_loss(out, torch.from_numpy(y).to(device))
@@ -381,6 +392,7 @@ def train(
         else:  # the interrupted epoch is redone on resume: store the state at its start
             _checkpoint(epoch, epoch_rng)
     finally:
+        maker.close()
         torch.set_num_threads(old_threads)
         net.to(memory_format=torch.contiguous_format)
         net.eval()
