@@ -72,6 +72,8 @@ def test_model_record_and_save(scratch, tmp_path):
     assert rec["config"]["recipe"] == "from_scratch" and rec["epochs_done"] == 30
     assert len(rec["loss"]) == 30 and rec["val_epoch"] == [10, 20, 30]
     assert rec["images"] == [f"image {k}" for k in range(6)]
+    assert rec["device"].split(":")[0] == res.model.device.type  # "cpu" or "cuda: <GPU>"
+    assert rec["config"]["batch_seeds"] is False  # workers=0: one random stream
     assert m.meta["diam_mean"] == 30.0 and 20 < m.meta["diam_labels"] < 40
     sm = m.meta["size_model"]
     assert sm is not None and len(sm["A"]) == m.net.nbase[-1]

@@ -154,3 +154,53 @@ def test_stored_as_half_reads_the_file_precision(tmp_path):
     m = flowseg.Model.new(width=4, nchan=2, diam_mean=17.0, seed=0)
     assert data.stored_as_half(m.save(tmp_path / "half.pt", half=True))
     assert not data.stored_as_half(m.save(tmp_path / "full.pt"))
+
+
+def test_pack_data_is_lossless_for_training(tmp_path):
+    """Gray RGBA images become gray PNGs, colour ones RGB; training reads the same pixels."""
+    from skimage import io as skio
+
+    pack = pytest.importorskip("pack_data")
+    src = tmp_path / "in" / "dsb2018" / "train"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    colour = rng.integers(0, 255, (40, 50, 4), dtype=np.uint8)
+    masks = rng.integers(0, 300, (40, 50)).astype(np.uint16)
+    for name, arr in [("a.png", rgba), ("b.png", colour), ("a_masks.png", masks),
+                      ("b_masks.png", masks)]:
+        skio.imsave(src / name, arr, check_contrast=False)
+    assert pack.main([str(tmp_path / "out"), "--data", str(tmp_path / "in")]) == 0
+    out = tmp_path / "out" / "dsb2018" / "train"
+    assert skio.imread(out / "a.png").shape == (40, 50)
+    assert skio.imread(out / "b.png").shape == (40, 50, 3)
+    for n in ("a", "b"):
+        np.testing.assert_array_equal(data.to_gray(skio.imread(out / f"{n}.png")),
+                                      data.to_gray(skio.imread(src / f"{n}.png")))
+        np.testing.assert_array_equal(skio.imread(out / f"{n}_masks.png"), masks)
+
+
+def test_gpu_bench_and_snapshot_run_on_a_cpu(tmp_path, capsys):
+    import flowseg
+    from flowseg.engine.synthetic import make_sample
+
+    bench = pytest.importorskip("gpu_bench")
+    assert bench.main(["0.5", "--crop", "32", "--width", "8", "--workers", "2",
+                       "--n-per-epoch", "16", "--seconds", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "crop workers" in out and int(out.split("EPOCHS")[1]) >= 1
+
+    snap = pytest.importorskip("gpu_snapshot")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    s = [make_sample("nuclei", (96, 96), seed=k) for k in range(2)]
+    flowseg.train(flowseg.Model.new(width=8, seed=0), [x.image for x in s], [x.labels for x in s],
+                  val_images=[s[0].image], val_labels=[s[0].labels], epochs=2, crop=32,
+                  n_per_epoch=4, val_every=1, seed=0, checkpoint_path=runs / "m.ckpt")
+    (runs / "m.log").write_text("12:00 train 3/8 x\n12:00 epoch 1/2 loss=1\n")
+    assert snap.main([str(runs), "m", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "m.log").read_text() == "12:00 epoch 1/2 loss=1\n"
+    last = flowseg.Model.load(tmp_path / "out" / "snap_last.pt")
+    assert last.meta["nbase"][1] == 8 and (tmp_path / "out" / "snap_best.pt").exists()
+    assert data.stored_as_half(tmp_path / "out" / "snap_last.pt")

@@ -108,6 +108,21 @@ def _width_text(name: str, model: "flowseg.Model") -> str:
     return f"base width {width}, the standard"
 
 
+def _on_gpu(rec: dict) -> bool:
+    return str(rec.get("device", "cpu")).startswith("cuda")
+
+
+def _hardware_text(rec: dict, cfg: dict) -> str:
+    """Where the model trained, from its training record (``device``, written by
+    :func:`flowseg.train`; records without it are from the 2-core CPU)."""
+    if _on_gpu(rec):
+        gpu = str(rec["device"]).split(":", 1)[1].strip()
+        return (f"Hardware: one {gpu} GPU, lent to the project for one session (16 CPU cores; "
+                f"{cfg.get('workers', 0)} worker processes made the crops).")
+    return (f"Hardware: {platform.machine()} CPU with 2 cores, 1 or 2 training threads, no GPU "
+            "(other jobs shared the cores at times).")
+
+
 def main(name: str) -> Path:
     import flowseg
 
@@ -169,8 +184,7 @@ Every stage: batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, {cfg[
 crops per epoch; random rotation (flow vectors rotated), flips, scale 0.75-1.25 around the
 common diameter. Loss: MSE on 5x flows / 2 + BCE on cell probability. The kept model of a
 stage is its epoch with the best validation AP@0.5 (so the validation split chose it).
-Hardware: {platform.machine()} CPU with 2 cores, 1 or 2 training threads, no GPU (other jobs
-shared the cores at times). Logs: `training/logs/{name}.log`.
+{_hardware_text(tr, cfg)} Logs: `training/logs/{name}.log`.
 
 ## Validation results ({ev['n_images']} held-out images, mean over images)
 - AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /
@@ -183,7 +197,7 @@ same split, so these numbers are slightly optimistic; the project is also judged
 images of these sources that we do not have.
 
 ## Limitations
-Trained on a small CPU budget{' with a narrow network' if int(meta['nbase'][1]) < 32 else ''}; expect lower accuracy than the
+Trained on a small {'GPU' if _on_gpu(tr) else 'CPU'} budget{' with a narrow network' if int(meta['nbase'][1]) < 32 else ''}; expect lower accuracy than the
 standard Cellpose models on unusual modalities. Fine-tune on a few corrected images
 (`flowseg train --model {name} --recipe finetune ...` or the napari Train panel).
 """
