@@ -134,3 +134,19 @@ def test_estimate_diameter_without_size_model_uses_masks():
     m = _oracle_model(diam_mean=24.0)
     d = m.estimate_diameter(labels.astype(np.float32), channels=(0, None), normalize=False)
     assert d == pytest.approx(mask_diameters(labels)[0], rel=0.1)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_model_files_get_normal_permissions(tmp_path):
+    """Atomic saves go through a temporary file, but the result is not owner-only: a new file
+    gets 0o666 less the umask, a replaced file keeps its mode."""
+    m = Model.new(width=8, seed=0)
+    old = os.umask(0o022)
+    try:
+        p = m.save(tmp_path / "a.pt")
+        assert (os.stat(p).st_mode & 0o777) == 0o644
+        os.chmod(p, 0o640)
+        m.save(p, overwrite=True)
+        assert (os.stat(p).st_mode & 0o777) == 0o640
+    finally:
+        os.umask(old)

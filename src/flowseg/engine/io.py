@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -53,13 +54,22 @@ def _json_check(meta: Mapping[str, Any]) -> dict:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``.
 
-    A crash or a full disk never leaves a half-written file under ``path``.
+    A crash or a full disk never leaves a half-written file under ``path``.  The file gets
+    the permissions of the file it replaces, or those of any new file (``0o666`` less the
+    umask) -- not the owner-only mode of temporary files.
     """
     path = Path(path)
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+    else:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
