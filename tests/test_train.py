@@ -152,8 +152,7 @@ def test_worker_processes_give_the_same_batches_and_weights(tmp_path):
               checkpoint_every=0)
     m0 = Model.new(width=8, seed=0)
     one = train(m0, ti, tl, checkpoint_path=tmp_path / "a.ckpt", workers=1, **kw)
-    two = train(m0, ti, tl, checkpoint_path=tmp_path / "b.ckpt", workers=2, progress=None,
-                cancel=None, **kw)
+    two = train(m0, ti, tl, checkpoint_path=tmp_path / "b.ckpt", workers=2, **kw)
     np.testing.assert_allclose(one.history["loss"], two.history["loss"], rtol=1e-6)
     assert load_checkpoint(tmp_path / "b.ckpt")["config"]["batch_seeds"] is True
     n = {"e": 0}

@@ -79,10 +79,10 @@ def main(argv=None) -> int:
         start = widen_model(flowseg.Model.load(start), cfg["width"], seed=cfg["seed"])
     out = stage_out(k)
     ckpt = runs / (f"{args.model}.ckpt" if k == 1 else f"{args.model}_stage{k}.ckpt")
-    import torch
+    from flowseg.engine.model import device_name, resolve_device
 
-    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"stage {k}/{len(stages)}: {cfg} -> {out} (on {device})", file=log)
+    print(f"stage {k}/{len(stages)}: {cfg} -> {out} (on {device_name(resolve_device())})",
+          file=log)
 
     t0 = time.time()
     data = load_training_set(args.model, Path(args.data), oversample=cfg.get("oversample", 1))

@@ -22,8 +22,8 @@ SPLITS = Path(__file__).resolve().parent / "splits"
 RECIPES: dict[str, dict[str, Any]] = {
     "nuclei": dict(
         # Session 7, on a lent GPU (one H100): a width-32 network from random weights with the
-        # Cellpose crop size (224) and about ten times the crops of the session-6 CPU model
-        # (280 x 256 crops of 128 px; validation AP@0.5 0.841, docs/training.md).  The crops
+        # Cellpose crop size (224), 2.9x the crops and 9x the pixels of the session-6 CPU
+        # model (280 x 256 crops of 128 px; validation AP@0.5 0.841, docs/training.md).  The crops
         # are made by worker processes with per-batch seeds (any workers >= 1 gives the same
         # crops; ``--workers 1`` reproduces the run on a CPU, slowly).  The number of epochs
         # was set from the throughput measured on the machine so the run fits its lease.

@@ -25,9 +25,13 @@ __all__ = ["BatchMaker"]
 _SHARED: Optional[tuple] = None
 
 
-def _make_seeded(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    images, flows, fgs, scales, crop = _SHARED  # type: ignore[misc]
+def _make_seeded(data: tuple, idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    images, flows, fgs, scales, crop = data
     return make_batch(images, flows, fgs, scales, idx, np.random.default_rng(seed), crop)
+
+
+def _worker_make(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return _make_seeded(_SHARED, idx, seed)  # type: ignore[arg-type]
 
 
 class BatchMaker:
@@ -72,27 +76,27 @@ class BatchMaker:
             for idx in batches:
                 yield (idx, *make_batch(images, flows, fgs, scales, idx, rng, crop))
             return
-        seeds = rng.integers(0, 2 ** 63 - 1, size=len(batches))
+        seeds = [int(s) for s in rng.integers(0, 2 ** 63 - 1, size=len(batches))]
         pool = self._get_pool()
         if pool is None:
-            global _SHARED
-            _SHARED = self.data
-            for idx, s in zip(batches, seeds):
-                yield (idx, *_make_seeded(idx, int(s)))
+            for idx, seed in zip(batches, seeds):
+                yield (idx, *_make_seeded(self.data, idx, seed))
             return
-        pending: deque = deque()
+        # keep 2 batches per worker in flight, handed out in order
         todo = iter(zip(batches, seeds))
-        for _ in range(2 * self.workers):
+        pending: deque = deque()
+
+        def submit() -> None:
             nxt = next(todo, None)
-            if nxt is None:
-                break
-            pending.append((nxt[0], pool.apply_async(_make_seeded, (nxt[0], int(nxt[1])))))
+            if nxt is not None:
+                pending.append((nxt[0], pool.apply_async(_worker_make, nxt)))
+
+        for _ in range(2 * self.workers):
+            submit()
         while pending:
             idx, res = pending.popleft()
             x, y = res.get()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt[0], pool.apply_async(_make_seeded, (nxt[0], int(nxt[1])))))
+            submit()
             yield idx, x, y
 
     def close(self) -> None:
@@ -102,7 +106,7 @@ class BatchMaker:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
-        _SHARED = None
+            _SHARED = None
 
     def __enter__(self) -> "BatchMaker":
         return self

@@ -28,7 +28,8 @@ from .io import ModelFileError, check_state_dict, export_cellpose, load_model_fi
 from .net import FlowNet, nbase_for_width
 from .segmentation import Segmentation
 
-__all__ = ["Model", "Segmentation", "available_models", "cellpose_models_dir", "resolve_device"]
+__all__ = ["Model", "Segmentation", "available_models", "cellpose_models_dir", "resolve_device",
+           "device_name"]
 
 _DEFAULT_NORMALIZE = [1.0, 99.0]
 
@@ -70,6 +71,13 @@ def resolve_device(device: Any = None) -> torch.device:
         if mps is None or not mps.is_available():
             raise ValueError(f"device {device!r} requested but MPS is not available")
     return dev
+
+
+def device_name(device: torch.device) -> str:
+    """``"cpu"``, ``"mps"`` or ``"cuda: <GPU name>"``, for logs and training records."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
 
 
 class Model:

@@ -244,6 +244,8 @@ def train(
         raise ValueError(f"diameter must be > 0, got {diameter}")
     if (val_images is None) != (val_labels is None):
         raise ValueError("give both val_images and val_labels, or neither")
+    if int(workers) < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     save_path = _check_writable(save_path, overwrite, "model file")
     if checkpoint_path is None and save_path is not None:
         checkpoint_path = save_path.with_name(save_path.name + ".ckpt")
@@ -289,8 +291,6 @@ def train(
     nep = cfg["epochs"]
     vevery = int(val_every) if val_every else max(1, nep // 10)
     lrs = lr_schedule(nep, cfg["learning_rate"], cfg["warmup"])
-    if int(workers) < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
     cfg.update(crop=crop, rescale=bool(rescale), diameter=diameter, n_per_epoch=nper,
                val_every=vevery, seed=seed, min_masks=int(min_masks), anisotropy=anisotropy,
                batch_seeds=int(workers) > 0,

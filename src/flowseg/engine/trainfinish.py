@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .model import device_name
 from .trainprep import SampleSet
 
 __all__ = ["finish_model", "fit_size"]
@@ -38,14 +39,6 @@ def fit_size(model, samples: SampleSet, labels: Sequence[np.ndarray], *, max_ima
                           progress=progress, cancel=cancel)
 
 
-def _device_text(model) -> str:
-    """Where the network trained: ``"cpu"`` or ``"cuda: <GPU name>"``."""
-    dev = next(model.net.parameters()).device
-    if dev.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(dev)}"
-    return dev.type
-
-
 def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: dict, hist: dict,
                  best: Optional[dict], *, cancelled: bool, epochs_done: int, seconds: float,
                  progress=None) -> None:
@@ -73,7 +66,7 @@ def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: d
         "val_loss": [round(float(v), 5) for v in hist["val_loss"]],
         "val_ap": [None if v is None else round(float(v), 4) for v in hist["val_ap"]],
         "best_epoch": None if best is None else int(best["epoch"]),
-        "device": _device_text(model),
+        "device": device_name(next(model.net.parameters()).device),
     }
     meta["training"] = record
     meta["source"] = "trained"
