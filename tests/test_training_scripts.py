@@ -204,3 +204,106 @@ def test_gpu_bench_and_snapshot_run_on_a_cpu(tmp_path, capsys):
     last = flowseg.Model.load(tmp_path / "out" / "snap_last.pt")
     assert last.meta["nbase"][1] == 8 and (tmp_path / "out" / "snap_best.pt").exists()
     assert data.stored_as_half(tmp_path / "out" / "snap_last.pt")
+
+
+def _trained_pair(width: int = 4):
+    """A small model and a copy of it trained a little further (so the weights differ)."""
+    import copy
+
+    import torch
+
+    import flowseg
+
+    a = flowseg.Model.new(width=width, nchan=2, diam_mean=17.0, seed=0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        b.net.train()
+        b.net(torch.randn(2, 2, 32, 32))  # running statistics move too
+        b.net.eval()
+    return a, b
+
+
+def test_average_weights_is_the_weighted_mean_of_the_two_models():
+    import torch
+
+    import flowseg
+    from soup import average_weights
+
+    a, b = _trained_pair()
+    sa = {k: v.clone() for k, v in a.net.state_dict().items()}
+    sb = {k: v.clone() for k, v in b.net.state_dict().items()}
+    avg = average_weights(a, b, 0.25)
+    assert avg is b and avg.meta["training"]["average"]["weight"] == 0.25
+    moved = 0
+    for k, v in avg.net.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.75 * sa[k] + 0.25 * sb[k])
+            moved += int(not torch.equal(sa[k], sb[k]))
+        else:
+            assert torch.equal(v, sb[k])
+    assert moved > 10  # weights and BatchNorm statistics both differed and were averaged
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        average_weights(a, b, 1.5)
+    with pytest.raises(ValueError, match="architectures"):
+        average_weights(flowseg.Model.new(width=8, nchan=2, seed=0), a)
+
+
+def test_build_model_averages_a_stage_with_its_start(tmp_path, monkeypatch):
+    """A two-stage recipe whose last stage has ``average``: the bundled file is the mean of
+    stage 1 and the trained stage 2, stored as float16 with a refitted size model."""
+    import torch
+
+    import build_model
+    import flowseg
+    from flowseg.engine.synthetic import make_sample
+
+    s = [make_sample("nuclei", (96, 96), seed=k) for k in range(6)]
+    imgs, labs = [x.image for x in s], [x.labels for x in s]
+    fake = {"train_images": imgs[:4], "train_labels": labs[:4],
+            "train_names": [f"s{k}" for k in range(4)], "val_images": imgs[4:],
+            "val_labels": labs[4:]}
+    monkeypatch.setattr(build_model, "load_training_set", lambda *a, **k: fake)
+    tiny = dict(recipe="from_scratch", epochs=2, learning_rate=0.05, batch_size=2, crop=32,
+                width=4, diam_mean=17.0, channels=None, n_per_epoch=4, val_every=1, seed=1,
+                half=True, stages=[dict(recipe="finetune", epochs=2, seed=2, average=0.5)])
+    monkeypatch.setitem(data.RECIPES, "nuclei", tiny)
+    out = tmp_path / "final.pt"
+    assert build_model.main(["nuclei", "--runs", str(tmp_path), "--out", str(out)]) == 0
+    stage1 = tmp_path / "nuclei_stage1.pt"
+    assert data.stored_as_half(stage1) and data.stored_as_half(out)
+    final, start = flowseg.Model.load(out), flowseg.Model.load(stage1)
+    rec = final.meta["training"]
+    assert rec["average"]["weight"] == 0.5 and rec["average"]["with"].endswith("stage1.pt")
+    assert final.size_model is not None
+    sf, ss = final.net.state_dict(), start.net.state_dict()
+    assert any(not torch.equal(sf[k], ss[k]) for k in sf if sf[k].is_floating_point())
+    assert "averaged with the stage's start" in (tmp_path / "nuclei.log").read_text()
+
+
+def test_write_card_renders_every_stage_of_the_bundled_recipe(tmp_path, monkeypatch):
+    """The card is written from the model file, the recipe and an evaluation file alone."""
+    import json
+    import shutil
+
+    import write_card
+
+    models = tmp_path / "src" / "flowseg" / "models"
+    models.mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    shutil.copy(write_card.ROOT / "src" / "flowseg" / "models" / "nuclei.pt", models)
+    ev = {"n_images": 60, "ap_true_diameter": {"0.5": 0.9, "0.75": 0.8, "0.9": 0.4},
+          "ap_estimated_diameter": {"0.5": 0.88, "0.75": 0.7, "0.9": 0.3},
+          "size_within_20pct": 0.9, "size_median_rel_error": 0.03,
+          "ap_by_kind": {"stained": {"n": 11, "ap": [0.8, 0.5, 0.1]}}}
+    (tmp_path / "runs" / "nuclei_eval.json").write_text(json.dumps(ev))
+    monkeypatch.setattr(write_card, "ROOT", tmp_path)
+    text = write_card.main("nuclei").read_text()
+    stages = data.stage_configs("nuclei")
+    for k, st in enumerate(stages, 1):
+        assert f"- Stage {k} (" in text and f"{st['crop']}x{st['crop']} crops" in text
+    if any(st.get("average") for st in stages):
+        assert "averaged in weight space" in text
+    assert "**0.900** / 0.800" in text and "stained 0.800 (11 images)" in text
+    assert "Hardware: " in text and "`training/splits/dsb2018_val.txt`" in text

@@ -13,7 +13,8 @@ trained on.  Long runs write a checkpoint every few minutes to ``runs/<model>.ck
 be resumed in a later session with ``--resume``; the training log goes to
 ``runs/<model>.log``.  A recipe with ``stages`` trains them in turn, each stage starting
 from the previous stage's model (``runs/<model>_stage<k>.pt``); the last stage writes the
-bundled model.  After training, ``training/evaluate_model.py`` scores the model on the
+bundled model.  A stage with ``average=w`` then averages its weights with the model it
+started from (``training/soup.py``) and refits the size model.  After training, ``training/evaluate_model.py`` scores the model on the
 validation split and writes the numbers used by the model card.
 """
 
@@ -43,8 +44,10 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint in --runs")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None,
-                   help="processes making the crops (default: the recipe's); any value >= 1 "
-                        "gives the same crops, 0 the single-stream crops of the CPU recipes")
+                   help="processes making the crops of stages whose recipe uses worker "
+                        "processes (default: the recipe's); any value >= 1 gives the same "
+                        "crops, 0 the single-stream crops of the CPU recipes (stages with "
+                        "single-stream crops keep them)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly (keeping a checkpoint) after this many minutes")
     p.add_argument("--stage", default="all",
@@ -73,6 +76,8 @@ def main(argv=None) -> int:
     start = None if k == 1 else stage_out(k - 1)
     if start is not None and not start.exists():
         p.error(f"stage {k} starts from {start}, which does not exist: run stage {k - 1} first")
+    if cfg.get("widen") and cfg.get("average"):
+        p.error(f"stage {k} both widens and averages with its start; the two do not mix")
     if cfg.get("widen"):  # grow the previous stage's model to this stage's width
         from widen import widen_model
 
@@ -132,10 +137,25 @@ def main(argv=None) -> int:
         cancel=cancel,
         seed=cfg["seed"],
         threads=args.threads,
-        workers=cfg.get("workers", 0) if args.workers is None else args.workers,
+        # --workers changes how many processes make a stage's crops, never which crops: a
+        # stage with single-stream crops (workers 0) keeps them
+        workers=cfg.get("workers", 0) if args.workers is None or not cfg.get("workers")
+        else args.workers,
     )
-    if cfg.get("half") and out == final and not res.cancelled:
-        # the bundled file stores float16 weights (half the size; validation AP unchanged)
+    if cfg.get("average") and not res.cancelled:
+        # weight-space average of the trained stage with the model it started from
+        from soup import average_weights, refit_size
+
+        begin = start if isinstance(start, flowseg.Model) else flowseg.Model.load(start)
+        avg = average_weights(begin, flowseg.Model.load(out), cfg["average"])
+        refit_size(avg, data["train_images"], data["train_labels"], channels=cfg["channels"],
+                   seed=cfg["seed"])
+        avg.save(out, overwrite=True)
+        print(f"{time.strftime('%H:%M:%S')} averaged with the stage's start (weight "
+              f"{cfg['average']}) and refitted the size model -> {out}", file=log)
+    if cfg.get("half") and not res.cancelled:
+        # float16 weights (half the size; validation AP unchanged); a later stage starts
+        # from the rounded weights, as the runs in docs/training.md did
         flowseg.Model.load(out).save(out, overwrite=True, half=True)
     summary = {
         "model": args.model,

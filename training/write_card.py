@@ -14,6 +14,10 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import flowseg
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,8 +77,11 @@ def _stages_text(name: str, last: dict) -> str:
         if st.get("widen"):
             start += (f" grown to base width {st['width']}, each channel copied "
                       "(`training/widen.py`)")
+        where = _device_text(rec)
         out.append(
-            f"- Stage {k} ({start}): `{st['recipe']}` recipe, {c.get('optimizer', st.get('optimizer', 'sgd')).upper()} "
+            f"- Stage {k} ({start}, on {where}): `{st['recipe']}` recipe, "
+            f"{st['crop']}x{st['crop']} crops, {st['n_per_epoch']} crops per epoch, "
+            f"{c.get('optimizer', st.get('optimizer', 'sgd')).upper()} "
             f"momentum {c.get('momentum', 0.9)}, learning rate {st['learning_rate']} "
             f"({c.get('warmup', '?')} warm-up epochs, final decay), weight decay "
             f"{c.get('weight_decay', '?')}, {st['epochs']} epochs (done: {rec.get('epochs_done', '?')}), "
@@ -82,7 +89,10 @@ def _stages_text(name: str, last: dict) -> str:
             + (f", stained and brightfield images drawn {st['oversample']}x as often"
                if st.get("oversample", 1) > 1 else "")
             + f"; validation AP@0.5 by epoch: {hist or 'n/a'}; "
-            f"kept epoch {rec.get('best_epoch', '?')}.")
+            f"kept epoch {rec.get('best_epoch', '?')}"
+            + (f"; then averaged in weight space with the stage-{k - 1} model (weight "
+               f"{st['average']} on this stage's, `training/soup.py`) and the size model "
+               "fitted anew" if st.get("average") else "") + ".")
     out.append(f"- Total training time {total / 60:.0f} min.")
     return "\n".join(out)
 
@@ -112,15 +122,32 @@ def _on_gpu(rec: dict) -> bool:
     return str(rec.get("device", "cpu")).startswith("cuda")
 
 
-def _hardware_text(rec: dict, cfg: dict) -> str:
-    """Where the model trained, from its training record (``device``, written by
+def _device_text(rec: dict) -> str:
+    """Where one stage trained, from its training record (``device``, written by
     :func:`flowseg.train`; records without it are from the 2-core CPU)."""
     if _on_gpu(rec):
-        gpu = str(rec["device"]).split(":", 1)[1].strip()
-        return (f"Hardware: one {gpu} GPU, lent to the project for one session (16 CPU cores; "
-                f"{cfg.get('workers', 0)} worker processes made the crops).")
-    return (f"Hardware: {platform.machine()} CPU with 2 cores, 1 or 2 training threads, no GPU "
-            "(other jobs shared the cores at times).")
+        return f"one {str(rec['device']).split(':', 1)[1].strip()} GPU"
+    return "the 2-core CPU"
+
+
+def _hardware_text(name: str, cfg: dict) -> str:
+    """Where the model's stages trained."""
+    stages = stage_configs(name)
+    recs = [_stage_record(name, k, len(stages), _LAST.get(name, {}))
+            for k in range(1, len(stages) + 1)]
+    parts = []
+    if any(_on_gpu(r) for r in recs):
+        gpu = next(str(r["device"]).split(":", 1)[1].strip() for r in recs if _on_gpu(r))
+        parts.append(f"one {gpu} GPU, lent to the project for one session (16 CPU cores; "
+                     f"{cfg.get('workers', 0)} worker processes made the crops)")
+    if any(not _on_gpu(r) for r in recs):
+        parts.append(f"the 2-core {platform.machine()} CPU (1 or 2 training threads, no GPU; "
+                     "other jobs shared the cores at times)")
+    return "Hardware: " + "; ".join(parts) + "."
+
+
+#: the bundled file's training record, per model (the last stage's), set by :func:`main`
+_LAST: dict[str, dict] = {}
 
 
 def main(name: str) -> Path:
@@ -129,6 +156,7 @@ def main(name: str) -> Path:
     model = flowseg.Model.load(name)
     meta = model.meta
     tr = meta.get("training", {})
+    _LAST[name] = tr
     ev = json.loads((ROOT / "runs" / f"{name}_eval.json").read_text())
     cfg = RECIPES[name]
     desc, sources = DATA[name]
@@ -180,11 +208,10 @@ Validation split held out from the shared folder (never trained on):
 ## Recipe
 {stages_text}
 
-Every stage: batch {cfg['batch_size']}, {cfg['crop']}x{cfg['crop']} crops, {cfg['n_per_epoch']}
-crops per epoch; random rotation (flow vectors rotated), flips, scale 0.75-1.25 around the
+Every stage: batch {cfg['batch_size']}; random rotation (flow vectors rotated), flips, scale 0.75-1.25 around the
 common diameter. Loss: MSE on 5x flows / 2 + BCE on cell probability. The kept model of a
 stage is its epoch with the best validation AP@0.5 (so the validation split chose it).
-{_hardware_text(tr, cfg)} Logs: `training/logs/{name}.log`.
+{_hardware_text(name, cfg)} Logs: `training/logs/{name}.log`.
 
 ## Validation results ({ev['n_images']} held-out images, mean over images)
 - AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /
@@ -197,7 +224,7 @@ same split, so these numbers are slightly optimistic; the project is also judged
 images of these sources that we do not have.
 
 ## Limitations
-Trained on a small {'GPU' if _on_gpu(tr) else 'CPU'} budget{' with a narrow network' if int(meta['nbase'][1]) < 32 else ''}; expect lower accuracy than the
+Trained on a small {'GPU' if 'GPU,' in _hardware_text(name, cfg) else 'CPU'} budget{' with a narrow network' if int(meta['nbase'][1]) < 32 else ''}; expect lower accuracy than the
 standard Cellpose models on unusual modalities. Fine-tune on a few corrected images
 (`flowseg train --model {name} --recipe finetune ...` or the napari Train panel).
 """
