@@ -14,6 +14,7 @@ style vectors of the averaged network are not those of either end.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -57,8 +58,8 @@ def average_weights(start: "flowseg.Model", tuned: "flowseg.Model",
             out[k] = b
     tuned.net.load_state_dict(out)
     rec = tuned.meta.setdefault("training", {})
-    rec["average"] = {"weight": w, "with": str(start.meta.get("path") or
-                                               start.meta.get("source") or "start")}
+    src = start.meta.get("path") or start.meta.get("source") or "start"
+    rec["average"] = {"weight": w, "with": Path(str(src)).name}  # no machine paths
     return tuned
 
 
