@@ -14,8 +14,9 @@ be resumed in a later session with ``--resume``; the training log goes to
 ``runs/<model>.log``.  A recipe with ``stages`` trains them in turn, each stage starting
 from the previous stage's model (``runs/<model>_stage<k>.pt``); the last stage writes the
 bundled model.  A stage with ``average=w`` then averages its weights with the model it
-started from (``training/soup.py``) and refits the size model.  After training, ``training/evaluate_model.py`` scores the model on the
-validation split and writes the numbers used by the model card.
+started from (``training/soup.py``) and refits the size model.  After training,
+``training/evaluate_model.py`` scores the model on the validation split and writes the
+numbers used by the model card.
 """
 
 from __future__ import annotations
@@ -142,21 +143,21 @@ def main(argv=None) -> int:
         workers=cfg.get("workers", 0) if args.workers is None or not cfg.get("workers")
         else args.workers,
     )
-    if cfg.get("average") and not res.cancelled:
-        # weight-space average of the trained stage with the model it started from
-        from soup import average_weights, refit_size
+    if not res.cancelled and (cfg.get("average") or cfg.get("half")):
+        model = res.model
+        if cfg.get("average"):
+            # weight-space average of the trained stage with the model it started from
+            from soup import average_weights, refit_size
 
-        begin = start if isinstance(start, flowseg.Model) else flowseg.Model.load(start)
-        avg = average_weights(begin, flowseg.Model.load(out), cfg["average"])
-        refit_size(avg, data["train_images"], data["train_labels"], channels=cfg["channels"],
-                   seed=cfg["seed"])
-        avg.save(out, overwrite=True)
-        print(f"{time.strftime('%H:%M:%S')} averaged with the stage's start (weight "
-              f"{cfg['average']}) and refitted the size model -> {out}", file=log)
-    if cfg.get("half") and not res.cancelled:
-        # float16 weights (half the size; validation AP unchanged); a later stage starts
-        # from the rounded weights, as the runs in docs/training.md did
-        flowseg.Model.load(out).save(out, overwrite=True, half=True)
+            begin = start if isinstance(start, flowseg.Model) else flowseg.Model.load(start)
+            model = average_weights(begin, model, cfg["average"])
+            refit_size(model, data["train_images"], data["train_labels"],
+                       channels=cfg["channels"], seed=cfg["seed"])
+            print(f"{time.strftime('%H:%M:%S')} averaged with the stage's start (weight "
+                  f"{cfg['average']}) and refitted the size model -> {out}", file=log)
+        # half: float16 weights (half the size; validation AP unchanged); a later stage
+        # starts from the rounded weights, as the runs in docs/training.md did
+        model.save(out, overwrite=True, half=bool(cfg.get("half")))
     summary = {
         "model": args.model,
         "cancelled": res.cancelled,

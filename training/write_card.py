@@ -63,13 +63,11 @@ def _stage_record(name: str, k: int, n: int, last: dict) -> dict:
     return flowseg.Model.load(f).meta.get("training", {})
 
 
-def _stages_text(name: str, last: dict) -> str:
+def _stages_text(name: str, recs: list[dict]) -> str:
     """One paragraph per training stage, numbers from the stages' training records."""
-    stages = stage_configs(name)
     out = []
     total = 0.0
-    for k, st in enumerate(stages, 1):
-        rec = _stage_record(name, k, len(stages), last)
+    for k, (st, rec) in enumerate(zip(stage_configs(name), recs), 1):
         total += rec.get("seconds", 0.0)
         c = rec.get("config", {})
         hist = ", ".join(f"{e}: {a}" for e, a in zip(rec.get("val_epoch", []), rec.get("val_ap", [])))
@@ -130,24 +128,17 @@ def _device_text(rec: dict) -> str:
     return "the 2-core CPU"
 
 
-def _hardware_text(name: str, cfg: dict) -> str:
-    """Where the model's stages trained."""
-    stages = stage_configs(name)
-    recs = [_stage_record(name, k, len(stages), _LAST.get(name, {}))
-            for k in range(1, len(stages) + 1)]
+def _hardware_text(recs: list[dict], cfg: dict) -> str:
+    """Where the model's stages trained (``recs``: their training records)."""
     parts = []
-    if any(_on_gpu(r) for r in recs):
-        gpu = next(str(r["device"]).split(":", 1)[1].strip() for r in recs if _on_gpu(r))
-        parts.append(f"one {gpu} GPU, lent to the project for one session (16 CPU cores; "
-                     f"{cfg.get('workers', 0)} worker processes made the crops)")
+    gpu = next((r for r in recs if _on_gpu(r)), None)
+    if gpu is not None:
+        parts.append(f"{_device_text(gpu)}, lent to the project for one session (16 CPU "
+                     f"cores; {cfg.get('workers', 0)} worker processes made the crops)")
     if any(not _on_gpu(r) for r in recs):
         parts.append(f"the 2-core {platform.machine()} CPU (1 or 2 training threads, no GPU; "
                      "other jobs shared the cores at times)")
     return "Hardware: " + "; ".join(parts) + "."
-
-
-#: the bundled file's training record, per model (the last stage's), set by :func:`main`
-_LAST: dict[str, dict] = {}
 
 
 def main(name: str) -> Path:
@@ -156,7 +147,8 @@ def main(name: str) -> Path:
     model = flowseg.Model.load(name)
     meta = model.meta
     tr = meta.get("training", {})
-    _LAST[name] = tr
+    n_stages = len(stage_configs(name))
+    recs = [_stage_record(name, k, n_stages, tr) for k in range(1, n_stages + 1)]
     ev = json.loads((ROOT / "runs" / f"{name}_eval.json").read_text())
     cfg = RECIPES[name]
     desc, sources = DATA[name]
@@ -169,7 +161,7 @@ def main(name: str) -> Path:
                  f"relative error {100 * ev['size_median_rel_error']:.1f} %); AP with the "
                  f"estimated diameter: {ape['0.5']:.3f} / {ape['0.75']:.3f} / {ape['0.9']:.3f}."
                  if ape else "- Size model: not fitted.")
-    stages_text = _stages_text(name, tr)
+    stages_text = _stages_text(name, recs)
     kinds = ev.get("ap_by_kind")
     kind_line = ("" if not kinds else
                  "- By image kind, AP@0.5 at the true diameter: " + ", ".join(
@@ -211,7 +203,7 @@ Validation split held out from the shared folder (never trained on):
 Every stage: batch {cfg['batch_size']}; random rotation (flow vectors rotated), flips, scale 0.75-1.25 around the
 common diameter. Loss: MSE on 5x flows / 2 + BCE on cell probability. The kept model of a
 stage is its epoch with the best validation AP@0.5 (so the validation split chose it).
-{_hardware_text(name, cfg)} Logs: `training/logs/{name}.log`.
+{_hardware_text(recs, cfg)} Logs: `training/logs/{name}.log`.
 
 ## Validation results ({ev['n_images']} held-out images, mean over images)
 - AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /
@@ -224,7 +216,7 @@ same split, so these numbers are slightly optimistic; the project is also judged
 images of these sources that we do not have.
 
 ## Limitations
-Trained on a small {'GPU' if 'GPU,' in _hardware_text(name, cfg) else 'CPU'} budget{' with a narrow network' if int(meta['nbase'][1]) < 32 else ''}; expect lower accuracy than the
+Trained on a small {'GPU' if any(_on_gpu(r) for r in recs) else 'CPU'} budget{' with a narrow network' if int(meta['nbase'][1]) < 32 else ''}; expect lower accuracy than the
 standard Cellpose models on unusual modalities. Fine-tune on a few corrected images
 (`flowseg train --model {name} --recipe finetune ...` or the napari Train panel).
 """
