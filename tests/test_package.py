@@ -110,3 +110,17 @@ def test_wheel_ships_manifest_and_entry_point(tmp_path):
     assert "flowseg = flowseg.cli:main" in eps
     for model in (ROOT / "src" / "flowseg" / "models").glob("*.pt"):
         assert f"flowseg/models/{model.name}" in names
+
+
+def test_public_api_exports_progress_protocol_and_samples():
+    import flowseg
+    from flowseg.engine.progress import Cancelled, ProgressEvent
+    from flowseg.engine.samples import load_sample
+
+    for name in ("ProgressEvent", "Cancelled", "load_sample"):
+        assert name in flowseg.__all__
+    assert flowseg.ProgressEvent is ProgressEvent
+    assert flowseg.Cancelled is Cancelled
+    assert flowseg.load_sample is load_sample
+    img, info = flowseg.load_sample("cells")
+    assert img.ndim >= 2 and isinstance(info, dict)

@@ -2,6 +2,14 @@
 
 Importing :mod:`flowseg` is cheap and never imports napari or Qt: the heavy parts (torch,
 the model) load on first use of :class:`Model` or :func:`train`.
+
+The public API is what this module exports (``flowseg.<name>``).  :mod:`flowseg.engine` and
+its sub-modules are internal: their layout may change between releases.
+
+Progress and cancel: long calls (:meth:`Model.segment`, :func:`train`, ...) take
+``progress=`` (a callable receiving :class:`ProgressEvent` objects) and ``cancel=`` (anything
+with ``is_set()``, e.g. a :class:`threading.Event`); a cancelled call raises
+:class:`Cancelled` or, for training, returns its best model so far.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ __all__ = [
     "Model",
     "Segmentation",
     "train",
+    "ProgressEvent",
+    "Cancelled",
+    "load_sample",
 ]
 
 _LAZY = {
@@ -29,6 +40,9 @@ _LAZY = {
     "Model": "flowseg.engine.model",
     "Segmentation": "flowseg.engine.model",
     "train": "flowseg.engine.train",
+    "ProgressEvent": "flowseg.engine.progress",
+    "Cancelled": "flowseg.engine.progress",
+    "load_sample": "flowseg.engine.samples",
 }
 
 
