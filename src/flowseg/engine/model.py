@@ -2,11 +2,12 @@
 
 ``Model.load`` accepts
 
-* a bundled name (``"cyto"``, ``"nuclei"``: files ``flowseg/models/<name>.pt``),
+* a model name, resolved by :mod:`flowseg.engine.registry`: a bundled model (``"cyto"``,
+  ``"nuclei"``: files ``flowseg/models/<name>.pt``), then a user model (``<name>.pt`` in the
+  user model folder, where the napari Train tab saves), then a model Cellpose downloaded
+  (:func:`cellpose_models_dir`), so ``Model.load("cyto3")`` finds a Cellpose 3 model;
 * a path to one of our model files (state dict + metadata, see :mod:`flowseg.engine.io`),
-* a path to a Cellpose 1-3 weight file (e.g. ``~/.cellpose/models/cyto3``), used as-is;
-  a bare name that is not bundled is also looked up in Cellpose's model folder
-  (:func:`cellpose_models_dir`), so ``Model.load("cyto3")`` finds a downloaded Cellpose 3 model.
+* a path to a Cellpose 1-3 weight file (e.g. ``~/.cellpose/models/cyto3``), used as-is.
 
 Segmentation itself lives in :mod:`flowseg.engine.infer` (2D, tiling) and
 :mod:`flowseg.engine.infer3d` (3D); :class:`Segmentation` is defined in
@@ -17,38 +18,43 @@ from __future__ import annotations
 
 import copy
 import os
-from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-from .io import ModelFileError, check_state_dict, export_cellpose, load_model_file, save_model_file
+from .io import (
+    ModelFileError,
+    check_state_dict,
+    export_cellpose,
+    load_model_file,
+    save_model_file,
+)
 from .net import FlowNet, nbase_for_width
+from .registry import bundled_model_dir, bundled_models, cellpose_models_dir, find_model
 from .segmentation import Segmentation
 
-__all__ = ["Model", "Segmentation", "available_models", "cellpose_models_dir", "resolve_device",
-           "device_name"]
+__all__ = [
+    "Model",
+    "Segmentation",
+    "available_models",
+    "cellpose_models_dir",
+    "device_name",
+    "resolve_device",
+]
 
 _DEFAULT_NORMALIZE = [1.0, 99.0]
 
 
 def _models_dir() -> Path:
-    return Path(str(resources.files("flowseg") / "models"))
+    return bundled_model_dir()
 
 
 def available_models() -> list[str]:
-    """Names of the bundled models (``flowseg/models/<name>.pt``)."""
-    d = _models_dir()
-    return sorted(p.stem for p in d.glob("*.pt")) if d.is_dir() else []
-
-
-def cellpose_models_dir() -> Path:
-    """Where Cellpose keeps downloaded models (``$CELLPOSE_LOCAL_MODELS_PATH`` or
-    ``~/.cellpose/models``); ``Model.load("cyto3")`` finds them there."""
-    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
-    return Path(env).expanduser() if env else Path.home() / ".cellpose" / "models"
+    """Names of the bundled models (``flowseg/models/<name>.pt``); every model that loads
+    by name is listed by :func:`flowseg.engine.registry.model_entries`."""
+    return sorted(bundled_models(_models_dir()))
 
 
 def resolve_device(device: Any = None) -> torch.device:
@@ -93,7 +99,7 @@ class Model:
         See :func:`resolve_device`.
     """
 
-    def __init__(self, net: FlowNet, meta: Optional[dict] = None, device: Any = None) -> None:
+    def __init__(self, net: FlowNet, meta: dict | None = None, device: Any = None) -> None:
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         meta = dict(meta or {})
@@ -111,7 +117,7 @@ class Model:
     # ------------------------------------------------------------------ construction
     @classmethod
     def new(cls, width: int = 32, nchan: int = 2, diam_mean: float = 30.0,
-            device: Any = None, seed: Optional[int] = None) -> "Model":
+            device: Any = None, seed: int | None = None) -> Model:
         """A fresh, randomly initialised model of base ``width`` (Cellpose: 32)."""
         if int(width) < 1 or int(nchan) < 1:
             raise ValueError(f"width and nchan must be >= 1, got width={width}, nchan={nchan}")
@@ -124,8 +130,8 @@ class Model:
                          "source": "new"}, device=device)
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict, meta: Optional[dict] = None,
-                        device: Any = None) -> "Model":
+    def from_state_dict(cls, state_dict: dict, meta: dict | None = None,
+                        device: Any = None) -> Model:
         """Build a model from a (Cellpose-layout) state dict and optional metadata."""
         from .io import _cellpose_meta
 
@@ -135,8 +141,9 @@ class Model:
         return cls(net, meta, device=device)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike, device: Any = None) -> "Model":
-        """Load a bundled model by name, our model file, or a Cellpose 1-3 weight file."""
+    def load(cls, name_or_path: str | os.PathLike, device: Any = None) -> Model:
+        """Load a model by name (bundled, user or Cellpose, see :mod:`flowseg.engine.registry`),
+        or our model file or a Cellpose 1-3 weight file by path."""
         if isinstance(name_or_path, Model):
             return name_or_path
         s = os.fspath(name_or_path)
@@ -145,17 +152,8 @@ class Model:
             path = p
         elif p.is_dir():
             raise ValueError(f"model path {p} is a directory, not a model file")
-        elif os.sep not in s and "/" not in s and not p.suffix:
-            names = available_models()
-            cand = _models_dir() / f"{s}.pt"
-            if not cand.is_file():
-                cand = cellpose_models_dir() / s  # a model Cellpose already downloaded
-            if not cand.is_file():
-                avail = ", ".join(names) if names else "none bundled"
-                raise ValueError(f"no bundled model named {s!r} (available: {avail}; also "
-                                 f"looked in {cellpose_models_dir()}); pass a path to a "
-                                 "flowseg or Cellpose 1-3 model file instead")
-            path = cand
+        elif os.sep not in s and "/" not in s:  # a bare name; the error lists the names
+            path = find_model(s, bundled_dir=_models_dir()).path
         else:
             raise FileNotFoundError(f"model file {p} not found")
         sd, meta = load_model_file(path)
@@ -178,7 +176,7 @@ class Model:
         """Write the weights as a Cellpose 3 ``CPnet`` state dict file."""
         return export_cellpose(self.net.state_dict(), path, overwrite=overwrite)
 
-    def copy(self) -> "Model":
+    def copy(self) -> Model:
         """A deep copy (weights and metadata)."""
         return Model(copy.deepcopy(self.net), copy.deepcopy(self.meta), device=self.device)
 
@@ -200,7 +198,7 @@ class Model:
         return float(lo), float(hi)
 
     @property
-    def size_model(self) -> Optional[dict]:
+    def size_model(self) -> dict | None:
         """``{"A": [...], "b": float}`` regression from style to log-diameter, or None."""
         return self.meta.get("size_model")
 
