@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +26,10 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
                    choices=["cells", "nuclei", "cells3d"],
                    help="segment a bundled sample image (default 'cells'; also 'nuclei', "
                         "'cells3d'); no PATH needed")
-    p.add_argument("--model", default=None, metavar="NAME|FILE",
-                   help="bundled model name or a flowseg / Cellpose 1-3 model file "
+    p.add_argument("--model", default=None, metavar="NAME|FILE|auto",
+                   help="model name (bundled, or yours from the user model folder: see "
+                        "`flowseg models`), a flowseg / Cellpose 1-3 model file, or 'auto': "
+                        "per image, the model whose training images' style is nearest "
                         "(default: the bundled 'cyto')")
     p.add_argument("--diameter", type=float, default=None, metavar="D",
                    help="object diameter in pixels (default: estimate with the model's size "
@@ -56,10 +58,10 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _channels(values: Optional[list[str]]):
+def _channels(values: list[str] | None):
     if values is None:
         return None
-    out: list[Optional[int]] = []
+    out: list[int | None] = []
     for v in values:
         if v.lower() in ("none", "-"):
             out.append(None)
@@ -159,7 +161,7 @@ class _Bars:
             self.bar = None
 
 
-def _load_model(name: Optional[str], device: Optional[str]):
+def _load_model(name: str | None, device: str | None):
     from .engine.model import Model, available_models
 
     if name is None:
@@ -172,6 +174,39 @@ def _load_model(name: Optional[str], device: Optional[str]):
     return Model.load(name, device=device)
 
 
+class _ModelChoice:
+    """The model for each image: one fixed model, or with ``--model auto`` the model zoo's
+    choice per image (:func:`flowseg.engine.zoo.choose_model`), each loaded once."""
+
+    def __init__(self, name: str | None, device: str | None) -> None:
+        self.auto = name == "auto"
+        self.device = device
+        self.loaded: dict[str, Any] = {}
+        if not self.auto:
+            self.fixed = _load_model(name, device)
+            print(f"model: {self.fixed}", file=sys.stderr)
+        else:
+            from .engine.zoo import zoo_centroids
+
+            names = ", ".join(zoo_centroids())  # fails early if no model has a centroid
+            print(f"model: auto (choosing per image among {names})", file=sys.stderr)
+
+    def __call__(self, image: np.ndarray, kw: dict) -> tuple[Any, str]:
+        """``(model, note)`` for one image; the note says which model auto chose and why."""
+        if not self.auto:
+            return self.fixed, ""
+        from .engine.model import Model
+        from .engine.zoo import choose_model
+
+        name, dist = choose_model(image, channels=kw.get("channels"),
+                                  channel_axis=kw.get("channel_axis"), z_axis=kw.get("z_axis"),
+                                  device=self.device)
+        if name not in self.loaded:
+            self.loaded[name] = Model.load(name, device=self.device)
+        dists = ", ".join(f"{n} {d:.3f}" for n, d in sorted(dist.items(), key=lambda t: t[1]))
+        return self.loaded[name], f"model {name!r} (auto; style distance {dists})"
+
+
 def run_segment(args: argparse.Namespace) -> int:
     """Segment every image and write the masks; returns the exit code."""
     from tqdm import tqdm
@@ -180,11 +215,12 @@ def run_segment(args: argparse.Namespace) -> int:
         args.diameter = None  # 0 = estimate, as in Cellpose
     if not args.paths and not args.sample:
         raise ValueError("give image files/folders, or --sample to try the bundled sample")
-    kw = dict(channels=_channels(args.channels), channel_axis=args.channel_axis,
-              z_axis=args.z_axis, diameter=args.diameter, do_3d=args.do_3d,
-              anisotropy=args.anisotropy, stitch_threshold=args.stitch, augment=args.augment,
-              batch_size=args.batch_size, cellprob_threshold=args.cellprob_threshold,
-              flow_threshold=args.flow_threshold, min_size=args.min_size)
+    kw = {"channels": _channels(args.channels), "channel_axis": args.channel_axis,
+          "z_axis": args.z_axis, "diameter": args.diameter, "do_3d": args.do_3d,
+          "anisotropy": args.anisotropy, "stitch_threshold": args.stitch,
+          "augment": args.augment, "batch_size": args.batch_size,
+          "cellprob_threshold": args.cellprob_threshold,
+          "flow_threshold": args.flow_threshold, "min_size": args.min_size}
     jobs: list[tuple[str, Any, Path, dict]] = []
     if args.sample:
         from .engine.samples import load_sample
@@ -204,8 +240,7 @@ def run_segment(args: argparse.Namespace) -> int:
     for f in files:
         out_dir = Path(args.out) if args.out else f.parent
         jobs.append((str(f), f, out_dir / f"{f.name.split('.')[0]}_masks", kw))
-    model = _load_model(args.model, args.device)
-    print(f"model: {model}", file=sys.stderr)
+    models = _ModelChoice(args.model, args.device)
     bars = _Bars(not args.no_progress)
     outer = tqdm(jobs, desc="images", disable=args.no_progress or len(jobs) < 2, file=sys.stderr)
     for label, src, dst, jkw in outer:
@@ -213,6 +248,7 @@ def run_segment(args: argparse.Namespace) -> int:
         info = jkw.pop("_info", None)
         image = read_image(src) if isinstance(src, Path) else src
         try:
+            model, note = models(image, jkw)
             seg = model.segment(image, progress=bars, **jkw)
         except ValueError as exc:
             raise ValueError(f"{label}: {exc}") from None
@@ -222,6 +258,8 @@ def run_segment(args: argparse.Namespace) -> int:
         out = write_masks(seg.masks, dst, args.format)
         msg = (f"{label}: {seg.n_objects} objects (diameter {seg.diameter:.1f} px, "
                f"{seg.params.get('diameter_source')}) -> {out}")
+        if note:
+            msg += f"  [{note}]"
         if info is not None and info.get("labels") is not None:
             from .engine.metrics import average_precision
 

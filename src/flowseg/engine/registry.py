@@ -24,6 +24,7 @@ from pathlib import Path
 
 __all__ = [
     "MODEL_SUFFIXES",
+    "RESERVED_NAMES",
     "ModelEntry",
     "available_models",
     "bundled_model_dir",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 MODEL_SUFFIXES = (".pt", ".pth")
+#: names that select something else than a model file (``--model auto``: the model zoo)
+RESERVED_NAMES = ("auto",)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -208,6 +211,9 @@ def valid_model_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise ValueError(f"model name {name!r} is not valid: use 1-64 letters, digits, '.', "
                          "'_' or '-', starting with a letter or digit")
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"model name {name!r} is reserved (--model auto chooses a model per "
+                         "image); choose another name")
     return name
 
 

@@ -1,0 +1,154 @@
+"""Model zoo: style centroids, nearest-centroid choice, ``--model auto`` acceptance."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flowseg.engine import registry, zoo
+from flowseg.engine.model import Model
+from flowseg.engine.synthetic import make_sample
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """A tiny untrained 'nuclei' reference as the only bundled model, an empty user folder."""
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    Model.new(width=4, seed=0).save(bundled / "nuclei.pt")
+    monkeypatch.setattr(registry, "bundled_model_dir", lambda: bundled)
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(user))
+    return user
+
+
+def _images():
+    a = make_sample("nuclei", (96, 96), seed=1).image[..., 0]
+    b = make_sample("phase", (96, 96), seed=2, with_nuclei=False).image[..., 0]
+    return a, b
+
+
+def _user_model(folder: Path, name: str, style: dict | None) -> Path:
+    m = Model.new(width=2, seed=0)
+    if style is not None:
+        m.meta["style"] = style
+    return m.save(folder / f"{name}.pt")
+
+
+def test_training_style_counts_repeats(tiny_zoo):
+    a, b = _images()
+    st = zoo.training_style([a, a, b])
+    sa, sb = zoo.image_style(a), zoo.image_style(b)
+    assert np.linalg.norm(sa) == pytest.approx(1.0, abs=1e-5)
+    assert st["n"] == 3 and st["size"] == zoo.DEFAULT_SIZE and st["reference"] == ["nuclei"]
+    assert np.allclose(st["centroid"], (2 * sa + sb) / 3, atol=1e-6)
+    ref = Model.load(registry.bundled_model_dir() / "nuclei.pt")
+    assert st["fingerprint"] == [zoo.weights_fingerprint(ref.net.state_dict())]
+    spread = np.mean([np.linalg.norm(s - np.asarray(st["centroid"])) for s in (sa, sa, sb)])
+    assert st["spread"] == pytest.approx(spread)
+    with pytest.raises(ValueError, match="at least one image"):
+        zoo.training_style([])
+
+
+def test_image_style_of_volumes_and_big_images(tiny_zoo):
+    a, b = _images()
+    vol = np.stack([b, a, b])
+    assert np.allclose(zoo.image_style(vol, z_axis=0), zoo.image_style(a), atol=1e-6)
+    big = np.kron(a, np.ones((4, 4), np.float32))  # 384 px: shrunk to 96 by area averaging
+    assert np.allclose(zoo.image_style(big, size=96), zoo.image_style(a, size=96), atol=1e-4)
+    assert not np.allclose(zoo.image_style(big, size=None), zoo.image_style(a), atol=1e-3)
+    with pytest.raises(ValueError, match="not a bundled model"):
+        zoo.image_style(a, reference=("cyto",))
+
+
+def test_choose_model_picks_the_nearest_centroid(tiny_zoo):
+    a, b = _images()
+    _user_model(tiny_zoo, "for-a", zoo.training_style([a]))
+    _user_model(tiny_zoo, "for-b", zoo.training_style([b]))
+    _user_model(tiny_zoo, "plain", None)  # no centroid: not a candidate by default
+    name, dist = zoo.choose_model(a)
+    assert name == "for-a" and set(dist) == {"for-a", "for-b"}
+    assert dist["for-a"] == pytest.approx(0.0, abs=1e-6) and dist["for-b"] > 0.01
+    assert zoo.choose_model(b)[0] == "for-b"
+    assert zoo.choose_model(a, candidates=["for-b"])[0] == "for-b"
+    assert Model.load(zoo.choose_model(b)[0]).net.nbase[1] == 2  # the name loads
+    with pytest.raises(ValueError, match="'plain'.*no style centroid"):
+        zoo.choose_model(a, candidates=["plain"])
+
+
+def test_centroids_of_another_reference_are_left_out(tiny_zoo):
+    a, _ = _images()
+    good = zoo.training_style([a])
+    _user_model(tiny_zoo, "stale", {**good, "fingerprint": ["0" * 16]})
+    with pytest.warns(UserWarning, match="'stale'.*another reference"), \
+            pytest.raises(ValueError, match="no model with a style centroid"):
+        zoo.choose_model(a)
+    _user_model(tiny_zoo, "fresh", good)
+    with pytest.warns(UserWarning, match="'stale'"):
+        assert zoo.choose_model(a)[0] == "fresh"
+
+
+def test_write_style_keeps_the_weights_bitwise(tmp_path):
+    m = Model.new(width=3, seed=0)
+    m.meta["size_model"] = {"A": [0.0] * 24, "b": 3.0}
+    path = m.save(tmp_path / "m.pt", half=True)
+    before = torch.load(path, weights_only=True)
+    style = {"version": 1, "reference": ["nuclei"], "fingerprint": ["ab"], "size": 256,
+             "centroid": [0.1, 0.2], "n": 1, "spread": 0.0}
+    zoo.write_style(path, style)
+    after = torch.load(path, weights_only=True)
+    assert after["meta"] == {**before["meta"], "style": style}
+    sd0, sd1 = before["state_dict"], after["state_dict"]
+    assert sd0.keys() == sd1.keys()
+    assert all(sd0[k].dtype == sd1[k].dtype and torch.equal(sd0[k], sd1[k]) for k in sd0)
+    assert zoo.model_style(Model.load(path)) == style
+    m.export_cellpose(tmp_path / "cp")
+    with pytest.raises(ValueError, match="not a flowseg model file"):
+        zoo.write_style(tmp_path / "cp", style)
+
+
+# ------------------------------------------------------------------ acceptance on real data
+def _val_images(source: str, kind: str | None, limit: int) -> list[tuple[str, np.ndarray]]:
+    sys.path.insert(0, str(REPO / "training"))
+    from data import image_kind
+
+    from flowseg.engine.datasets import read_image
+
+    names = (REPO / "training" / "splits" / f"{source}_val.txt").read_text().split()
+    out = []
+    for n in names:
+        img = np.asarray(read_image(DATA / source / "train" / n))
+        if kind is None or image_kind(img) == kind:
+            out.append((n, img))
+        if len(out) == limit:
+            break
+    return out
+
+
+def test_auto_picks_nuclei_for_dsb_fluorescence_and_cyto_for_usiigaci():
+    """Issue 17 acceptance: >= 90 % right picks on the fixed validation splits (the first
+    30 DSB fluorescence images of the split, all 6 Usiigaci images)."""
+    if not (DATA / "dsb2018" / "train").is_dir() or not (DATA / "usiigaci" / "train").is_dir():
+        pytest.skip(f"training data not found at {DATA} (../shared/data beside the repo)")
+    bundled = registry.bundled_models()
+    if not all(n in bundled and zoo.model_style(Model.load(n)) for n in ("nuclei", "cyto")):
+        pytest.skip("bundled models without style centroids (run training/zoo_centroids.py)")
+    t0 = time.perf_counter()
+    for source, kind, want, limit in (("dsb2018", "fluorescence", "nuclei", 30),
+                                      ("usiigaci", None, "cyto", 6)):
+        items = _val_images(source, kind, limit)
+        assert len(items) == limit
+        picks = {n: zoo.choose_model(img, candidates=["nuclei", "cyto"])[0] for n, img in items}
+        wrong = [n for n, p in picks.items() if p != want]
+        rate = 1 - len(wrong) / len(picks)
+        assert rate >= 0.9, f"{source}: {want!r} picked for {rate:.0%}; wrong: {wrong}"
+    assert time.perf_counter() - t0 < 120
