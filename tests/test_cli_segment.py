@@ -56,3 +56,44 @@ def test_segment_sample_and_errors(tmp_path, model_file, capsys):
     tifffile.imwrite(img, np.zeros((20, 20, 3), np.uint8) + np.arange(20, dtype=np.uint8)[:, None, None])
     assert main(["segment", str(img), "--model", model_file, "--channels", "0", "7"]) == 2
     assert "channel 7" in capsys.readouterr().err
+
+
+def test_segment_auto_chooses_per_image(tmp_path, monkeypatch, capsys):
+    from flowseg.engine import registry, zoo
+
+    bundled = tmp_path / "bundled"  # a tiny style reference instead of the bundled models
+    bundled.mkdir()
+    Model.new(width=4, seed=0).save(bundled / "nuclei.pt")
+    monkeypatch.setattr(registry, "bundled_model_dir", lambda: bundled)
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(user))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    a = make_sample("nuclei", (80, 80), seed=1).image[..., 0]
+    b = make_sample("phase", (80, 80), seed=2, with_nuclei=False).image[..., 0]
+    for name, img in (("for-a", a), ("for-b", b)):
+        tifffile.imwrite(d / f"{name[-1]}.tif", (img * 1000).astype(np.uint16))
+    assert main(["segment", str(d), "--model", "auto", "--no-progress"]) == 2
+    assert "no model with a style centroid" in capsys.readouterr().err
+    for name, img in (("for-a", a), ("for-b", b)):
+        m = Model.new(width=2, seed=0)
+        m.meta["style"] = zoo.training_style([img])
+        m.save(user / f"{name}.pt")
+    rc = main(["segment", str(d), "--model", "auto", "--diameter", "20", "--no-progress"])
+    assert rc == 0 and (d / "a_masks.tif").exists() and (d / "b_masks.tif").exists()
+    lines = capsys.readouterr().out.splitlines()
+    assert "model 'for-a' (auto" in next(ln for ln in lines if "a.tif" in ln)
+    assert "model 'for-b' (auto" in next(ln for ln in lines if "b.tif" in ln)
+
+
+def test_segment_auto_with_the_bundled_models(tmp_path, monkeypatch, capsys):
+    from flowseg.engine import registry, zoo
+
+    if not all(n in registry.bundled_models() and zoo.model_style(Model.load(n))
+               for n in ("nuclei", "cyto")):
+        pytest.skip("bundled models without style centroids")
+    monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(tmp_path / "none"))
+    rc = main(["segment", "--sample", "nuclei", "--model", "auto", "--out", str(tmp_path),
+               "--no-progress"])
+    assert rc == 0 and "model 'nuclei' (auto" in capsys.readouterr().out
