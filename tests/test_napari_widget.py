@@ -9,11 +9,11 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from flowseg import _layers, _segment_controls  # noqa: E402
-from flowseg._widget import SegmentWidget  # noqa: E402
-from flowseg.engine.progress import check_cancel, report  # noqa: E402
-from flowseg.engine.segmentation import Segmentation, compute_masks  # noqa: E402
-from flowseg.engine.synthetic import make_sample  # noqa: E402
+from flowseg import _layers
+from flowseg._widget import SegmentWidget
+from flowseg.engine.progress import check_cancel, report
+from flowseg.engine.segmentation import Segmentation, compute_masks
+from flowseg.engine.synthetic import make_sample
 
 
 @pytest.fixture
@@ -44,8 +44,8 @@ class OracleModel:
             check_cancel(cancel)
             time.sleep(self.delay)
             report(progress, "tiles", i + 1, self.steps)
-        params = dict(cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
-                      min_size=min_size)
+        params = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold,
+                      "min_size": min_size}
         masks = compute_masks(self.flows, self.cellprob, **params)
         return Segmentation(masks, self.flows, self.cellprob, np.zeros(256, np.float32),
                             float(diameter or 16.0), params)
@@ -63,21 +63,21 @@ def _use_oracle(w, oracle):
 
 
 def _wait_run(qtbot, w, timeout=60000):
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=timeout)
 
 
 @pytest.fixture
 def errors(monkeypatch):
-    from flowseg import _widget
+    from flowseg import _edit_tools, _segment_panel
 
     shown = []
-    monkeypatch.setattr(_segment_controls, "show_error", shown.append)
-    monkeypatch.setattr(_widget, "show_error", shown.append)
+    monkeypatch.setattr(_segment_panel, "show_error", shown.append)
+    monkeypatch.setattr(_edit_tools, "show_error", shown.append)
     return shown
 
 
 def test_dock_from_manifest_lists_models(make_napari_viewer, model_dir):
-    viewer, w = _widget(make_napari_viewer)
+    _viewer, w = _widget(make_napari_viewer)
     labels = [lab for lab, _ in w.model_choices()]
     assert "tiny" in labels and labels[-1] == "load file…"
     assert w.controls.image.value is None  # no image yet
@@ -96,7 +96,8 @@ def test_run_outputs_and_threshold_recompute(make_napari_viewer, model_dir, samp
     assert set(outs) == {"masks", "flows", "cellprob", "flow_rgb"}
     masks = outs["masks"]
     assert isinstance(masks, napari.layers.Labels) and isinstance(outs["flows"], napari.layers.Vectors)
-    assert not outs["cellprob"].visible and not outs["flow_rgb"].visible and outs["flow_rgb"].rgb
+    assert outs["flow_rgb"].rgb
+    assert not any(outs[r].visible for r in ("flows", "cellprob", "flow_rgb"))  # hidden
     np.testing.assert_allclose(masks.scale, (0.5, 0.5))
     np.testing.assert_allclose(masks.translate, (3, 4))
     assert masks.metadata["flowseg"]["params"]["diameter"] == 16
@@ -107,17 +108,24 @@ def test_run_outputs_and_threshold_recompute(make_napari_viewer, model_dir, samp
     before = masks.data.copy()
     w.controls.cellprob.value = 2.5
     qtbot.waitUntil(lambda: not np.array_equal(masks.data, before), timeout=20000)
-    qtbot.waitUntil(lambda: w._recompute_worker is None, timeout=20000)
+    _wait_run(qtbot, w, timeout=20000)
     assert oracle.calls == 1
     assert (masks.data > 0).sum() < (before > 0).sum()
     assert masks.metadata["flowseg"]["params"]["cellprob_threshold"] == 2.5
-    # rerun replaces this image's outputs only
+    # a new image becomes the target; its run leaves the first image's outputs alone
     other = viewer.add_image(sample.image[..., 0], name="other")
+    assert w.controls.image.value is other
+    w.run()
+    _wait_run(qtbot, w)
+    assert masks in viewer.layers and len(_layers.find_outputs(viewer.layers, other)) == 4
+    # a re-run of an image whose masks were not edited replaces its outputs
+    viewer.layers.selection.active = img
+    assert w.controls.image.value is img
     w.run()
     _wait_run(qtbot, w)
     assert masks not in viewer.layers
     assert len(_layers.find_outputs(viewer.layers, img)) == 4
-    assert _layers.find_outputs(viewer.layers, other) == []
+    assert len(_layers.find_outputs(viewer.layers, other)) == 4
 
 
 def test_real_network_run_and_recompute_without_network(make_napari_viewer, model_dir, sample,
@@ -139,7 +147,8 @@ def test_real_network_run_and_recompute_without_network(make_napari_viewer, mode
     w.controls.cellprob.value = -3.0
     w.controls.flow_threshold.value = 1.0
     qtbot.wait(300)
-    qtbot.waitUntil(lambda: w._recompute_worker is None and not w._debounce.isActive(), timeout=20000)
+    qtbot.waitUntil(lambda: not w.controls.busy and not w.controls._debounce.isActive(),
+                    timeout=20000)
     assert outs["masks"].metadata["flowseg"]["params"]["cellprob_threshold"] == -3.0
     assert len(calls) == n
 
@@ -152,14 +161,14 @@ def test_cancel_leaves_no_layers_and_can_rerun(make_napari_viewer, model_dir, sa
     n_layers = len(viewer.layers)
     t0 = time.monotonic()
     w.run()
-    qtbot.waitUntil(lambda: bool(w.progress.events), timeout=10000)
+    qtbot.waitUntil(lambda: bool(w.controls.segment_job.events), timeout=10000)
     assert not w.controls.run_btn.enabled and w.controls.cancel_btn.enabled
-    w.controls.cancel_btn.clicked()
+    w.controls.cancel_btn.native.click()
     _wait_run(qtbot, w, timeout=10000)
     assert time.monotonic() - t0 < 5.0  # the full run would take 10 s
     assert len(viewer.layers) == n_layers and not _layers.find_outputs(viewer.layers, img)
     assert w.controls.run_btn.enabled and not w.controls.cancel_btn.enabled
-    assert w.controls.status.value == "cancelled"
+    assert w.controls.status.value == "Cancelled."
     _use_oracle(w, OracleModel(sample.labels))
     w.run()
     _wait_run(qtbot, w)
@@ -181,7 +190,7 @@ def test_wrong_inputs_are_notifications(make_napari_viewer, model_dir, sample, e
     w.controls.z_axis.value = 1
     w.controls.channel_axis.value = 0
     req = w.request()
-    assert req["z_axis"] == 1 and req["channel_axis"] == 0 and req["do_3d"]
+    assert req.z_axis == 1 and req.channel_axis == 0 and req.do_3d
     assert len(errors) == 3
 
 
@@ -189,25 +198,38 @@ def test_multichannel_3d_sample_defaults(make_napari_viewer, model_dir):
     viewer, w = _widget(make_napari_viewer)
     (layer,) = viewer.open_sample("napari-flowseg", "cells3d")
     layer.scale = (1, 2.0, 0.5, 0.5)
-    w._on_image_changed()
     c = w.controls
+    assert c.image.value is layer
+    c.z_axis.value = None  # choosing the Z axis again reads the new scale
+    c.z_axis.value = 1
     assert (c.channel_axis.value, c.z_axis.value) == (0, 1)
     assert (c.cyto.value, c.nucleus.value) == (0, 1)
     assert c.do_3d.value and c.anisotropy.value == pytest.approx(4.0)
     req = w.request()
-    assert req["channels"] == (0, 1) and req["anisotropy"] == pytest.approx(4.0)
+    assert req.channels == (0, 1) and req.anisotropy == pytest.approx(4.0)
     place = _layers.spatial_placement(layer, 0)
     assert place["scale"] == (2.0, 0.5, 0.5)
 
 
-def test_diameter_from_shapes_and_preview(make_napari_viewer, model_dir, sample, errors):
+def _previews(viewer):
+    return [ly for ly in viewer.layers if _layers.role_of(ly) == "diameter_preview"]
+
+
+def test_diameter_from_shapes_and_preview(make_napari_viewer, model_dir, sample, errors,
+                                          qtbot, monkeypatch):
+    from flowseg import _diameter_preview
+
+    monkeypatch.setattr(_diameter_preview, "HIDE_AFTER_MS", 300)
     viewer, w = _widget(make_napari_viewer)
-    viewer.add_image(sample.image[..., 0], scale=(0.5, 0.5), name="nuc")
-    preview = [ly for ly in viewer.layers if _layers.role_of(ly) == "diameter_preview"]
-    assert len(preview) == 1
+    img = viewer.add_image(sample.image[..., 0], scale=(0.5, 0.5), name="nuc")
+    assert _previews(viewer) == []  # no helper layer until the diameter changes
     w.controls.diameter.value = 20
-    (ell,) = preview[0].data
+    (preview,) = _previews(viewer)
+    (ell,) = preview.data
     assert np.ptp(ell[:, 0]) == pytest.approx(20)
+    assert viewer.layers.selection.active is img  # the preview does not take the focus
+    assert preview not in [v for v in w.controls.image.choices]
+    qtbot.waitUntil(lambda: not _previews(viewer), timeout=5000)  # gone after a moment
     assert w.diameter_from_shapes() is None and "no Shapes layer" in errors[-1]
     shapes = viewer.add_shapes([np.array([[0, 0], [0, 10], [10, 10], [10, 0]])] * 2,
                                shape_type="ellipse", name="circles")

@@ -19,6 +19,7 @@ Typical use in a panel::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -129,7 +130,8 @@ class Job(QObject):
 
     def set_text(self, text: str) -> None:
         """Show ``text`` in the job's label."""
-        self.label.setText(text)
+        with contextlib.suppress(RuntimeError):  # the panel was closed
+            self.label.setText(text)
 
     # ------------------------------------------------------------------ running
     def start(self, func: WorkFunc, on_done: Callable[[Any], Any] | None = None,
@@ -211,12 +213,13 @@ class Job(QObject):
         if run != self._run or not self.running or self.cancel_event.is_set():
             return  # a late event of a finished or cancelled run
         self.events.append(event)
-        if event.total > 0:
-            if self.bar.maximum() != event.total:
-                self.bar.setRange(0, event.total)
-            self.bar.setValue(min(event.done, event.total))
-        else:
-            self.bar.setRange(0, 0)
+        with contextlib.suppress(RuntimeError):  # the panel was closed during the run
+            if event.total > 0:
+                if self.bar.maximum() != event.total:
+                    self.bar.setRange(0, event.total)
+                self.bar.setValue(min(event.done, event.total))
+            else:
+                self.bar.setRange(0, 0)
         self.set_text(self.describe(event))
         self.progressed.emit(event)
 
@@ -251,6 +254,7 @@ class Job(QObject):
 
     def _idle(self) -> None:
         self.worker = None
-        self.bar.setVisible(False)
-        if self.cancel_button is not None:
-            self.cancel_button.setEnabled(False)
+        with contextlib.suppress(RuntimeError):  # the panel was closed during the run
+            self.bar.setVisible(False)
+            if self.cancel_button is not None:
+                self.cancel_button.setEnabled(False)

@@ -8,14 +8,23 @@ that tag, never through their names, so renaming a layer does not break anything
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from .engine.segfile import flow_to_rgb
 
-__all__ = ["META_KEY", "tag", "role_of", "source_of", "find_outputs", "flow_vectors",
-           "output_layer_data", "spatial_placement"]
+__all__ = [
+    "META_KEY",
+    "find_outputs",
+    "flow_vectors",
+    "output_layer_data",
+    "role_of",
+    "source_of",
+    "spatial_placement",
+    "tag",
+]
 
 META_KEY = "flowseg"
 OUTPUT_ROLES = ("masks", "flows", "cellprob", "flow_rgb")
@@ -30,14 +39,14 @@ def tag(role: str, source: Any = None, **extra: Any) -> dict:
     return {META_KEY: meta}
 
 
-def role_of(layer: Any) -> Optional[str]:
+def role_of(layer: Any) -> str | None:
     """The plugin role of ``layer`` or None when it is not one of ours."""
     meta = getattr(layer, "metadata", None) or {}
     info = meta.get(META_KEY)
     return info.get("role") if isinstance(info, dict) else None
 
 
-def source_of(layer: Any) -> Optional[str]:
+def source_of(layer: Any) -> str | None:
     """The ``unique_id`` (as str) of the image ``layer`` was made from."""
     info = (getattr(layer, "metadata", None) or {}).get(META_KEY)
     return info.get("source") if isinstance(info, dict) else None
@@ -50,7 +59,7 @@ def find_outputs(layers: Iterable[Any], source: Any, roles: Iterable[str] = OUTP
     return [ly for ly in layers if role_of(ly) in roles and source_of(ly) == sid]
 
 
-def spatial_placement(layer: Any, channel_axis: Optional[int]) -> dict:
+def spatial_placement(layer: Any, channel_axis: int | None) -> dict:
     """``scale`` / ``translate`` of the spatial axes of an image layer.
 
     The channel axis (if the layer has one) is dropped; RGB layers have no channel axis in
@@ -123,19 +132,20 @@ def flow_vectors(flows: np.ndarray, step: int, max_vectors: int = 40000) -> tupl
 def output_layer_data(seg: Any, source: Any, placement: dict, params: dict) -> list[tuple]:
     """napari ``LayerDataTuple`` list for a segmentation result.
 
-    Returns masks (Labels), flow vectors (Vectors), cell probability and flow colour
-    (hidden Images), all tagged with :func:`tag` and placed with ``placement``.
+    Returns masks (Labels), then hidden flow vectors (Vectors), cell probability and flow
+    colour (Images), all tagged with :func:`tag` and placed with ``placement``.
     """
     name = source.name
     masks = np.asarray(seg.masks)
     flows = np.asarray(seg.flows, np.float32)
-    step = max(2, int(round(float(params.get("diameter") or 30) / 5)))
+    step = max(2, round(float(params.get("diameter") or 30) / 5))
     vectors, colors = flow_vectors(flows, step)
     common = dict(placement)
     out = [
         (masks, {**common, "name": f"{name} masks", "metadata": tag("masks", source, params=params)},
          "labels"),
-        (vectors, {**common, "name": f"{name} flows", "edge_color": colors, "edge_width": 0.25 * step,
+        (vectors, {**common, "name": f"{name} flows", "visible": False, "edge_color": colors,
+                   "edge_width": 0.25 * step,
                    "vector_style": "arrow", "length": 1.0,
                    "metadata": tag("flows", source, params=params, step=step)}, "vectors"),
         (np.asarray(seg.cellprob, np.float32),

@@ -1,0 +1,211 @@
+"""Which image the Segment tab works on, and that image's settings.
+
+:class:`PanelState` makes the Segment tab follow the active layer (an image, or one of our
+outputs, which stands for its image), stores the controls' values per image layer when
+another image is picked and restores them when it comes back.  An image seen for the first
+time gets its axes guessed from its shape and the chosen model's default diameter --
+nothing is carried over silently from the previous image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+
+from . import _layers
+from ._inputs import Axes, default_anisotropy, n_channels
+from ._segment_request import default_settings
+from ._session import ImageSettings, Session
+
+__all__ = ["DEFAULT_DIAMETER", "PanelState"]
+
+DEFAULT_DIAMETER = 30.0
+
+
+class PanelState:
+    """Per-image settings and layer following of a :class:`~flowseg._segment_panel.SegmentPanel`."""
+
+    def __init__(self, panel: Any) -> None:
+        self.panel = panel
+        self.quiet = False  # True while the panel sets its own widgets
+        self.shown: Any = None  # the image layer whose settings the controls show
+
+    @contextmanager
+    def quietly(self) -> Iterator[None]:
+        """Set widgets without triggering recomputation, previews or defaults."""
+        prev, self.quiet = self.quiet, True
+        try:
+            yield
+        finally:
+            self.quiet = prev
+
+    @property
+    def session(self) -> Session:
+        """The panel's session."""
+        return self.panel.session
+
+    # ------------------------------------------------------------------ settings
+    def collect(self) -> ImageSettings:
+        """The settings shown in the controls now."""
+        p = self.panel
+        return ImageSettings(**{name: getattr(p, name).value for name in ImageSettings.names()})
+
+    def default_diameter(self, model: str | None = None) -> float:
+        """The model's default diameter, else :data:`DEFAULT_DIAMETER`."""
+        p = self.panel
+        d = p.models.default_diameter(p.model.value if model is None else model, p.device.value)
+        return DEFAULT_DIAMETER if d is None else d
+
+    def settings_for(self, layer: Any) -> ImageSettings:
+        """Settings of ``layer``: the controls for the shown image, else remembered or new."""
+        if layer is None or not isinstance(layer, Image):
+            return self.collect()
+        if layer is self.panel.image.value:
+            return self.collect()
+        stored = self.session.settings.get(Session.key(layer))
+        if stored is not None:
+            return stored
+        return default_settings(layer, model=self.panel.model.value,
+                                diameter=self.default_diameter())
+
+    def remember(self, layer: Any, **changes: Any) -> None:
+        """Store the settings of ``layer`` (with ``changes``)."""
+        s = dataclasses.replace(self.settings_for(layer), **changes)
+        self.session.settings[Session.key(layer)] = s
+
+    # ------------------------------------------------------------------ switching images
+    def on_image_changed(self, value: Any = None) -> None:
+        """Store the previous image's settings, show the new image's."""
+        p = self.panel
+        prev, layer = self.shown, p.image.value
+        if prev is layer:
+            return
+        if prev is not None and prev in p.viewer.layers:
+            self.session.settings[Session.key(prev)] = self.collect()
+        self.shown = layer
+        p.preview_circle.hide()
+        if layer is None:
+            return
+        stored = self.session.settings.get(Session.key(layer))
+        new = stored is None
+        if new:
+            stored = default_settings(layer, model=p.model.value, diameter=self.default_diameter())
+        self.apply(layer, stored)
+        self.show_result(layer)
+        if new and not p.busy and self.session.current(layer) is None:
+            p.status.value = (f"{layer.name}: model {p.models.label_of(p.model.value)}, "
+                              f"diameter {p.diameter.value:g} px. Press Run.")
+
+    def apply(self, layer: Any, s: ImageSettings) -> None:
+        """Show the settings ``s`` of ``layer`` in the controls."""
+        p = self.panel
+        shape = tuple(layer.data.shape)
+        with self.quietly():
+            axis_choices = [("none", None)] + [(f"{i} (size {n})", i) for i, n in enumerate(shape)]
+            for w, v in ((p.channel_axis, s.channel_axis), (p.z_axis, s.z_axis)):
+                w.choices = axis_choices
+                w.value = v if v is None or v < len(shape) else None
+            p.channel_axis.enabled = not layer.rgb
+            self._fill_channels(layer)
+            for name in ("cyto", "nucleus"):
+                w = getattr(p, name)
+                v = getattr(s, name)
+                w.value = v if v in w.choices else w.choices[0]
+            has_z = p.z_axis.value is not None
+            for w in (p.do_3d, p.stitch, p.anisotropy):
+                w.enabled = has_z
+            p.do_3d.value, p.stitch.value, p.anisotropy.value = s.do_3d, s.stitch, s.anisotropy
+            if has_z:
+                p.more.value = True
+            if s.model is not None and s.model in p.model.choices:
+                p.model.value = s.model
+            p.diameter.value = s.diameter
+
+    def _fill_channels(self, layer: Any) -> None:
+        p = self.panel
+        shape = tuple(layer.data.shape)
+        ax = Axes(p.channel_axis.value, p.z_axis.value)
+        ok = ax.channel_axis is not None and ax.channel_axis < len(shape)
+        nch = n_channels(shape, ax) if ok else 1
+        names = ["red", "green", "blue", "alpha"] if layer.rgb else [f"channel {i}"
+                                                                     for i in range(nch)]
+        cyto = [(names[i], i) for i in range(nch)]
+        if nch > 1:
+            cyto.append(("mean of channels", None))
+        p.cyto.choices = cyto
+        p.nucleus.choices = [("none", None)] + [(names[i], i) for i in range(nch)]
+
+    def on_axes_changed(self, value: Any = None) -> None:
+        """The user chose another channel or Z axis: channel and 3D defaults follow."""
+        p = self.panel
+        layer = p.image.value
+        if self.quiet or layer is None:
+            return
+        defaults = default_settings(layer)
+        ax = Axes(p.channel_axis.value, p.z_axis.value)
+        with self.quietly():
+            self._fill_channels(layer)
+            p.cyto.value = 0
+            nch = len(p.nucleus.choices) - 1
+            p.nucleus.value = 1 if (nch == 2 and not layer.rgb) else None
+            has_z = ax.z_axis is not None
+            p.do_3d.value = has_z
+            for w in (p.do_3d, p.stitch, p.anisotropy):
+                w.enabled = has_z
+            if has_z:
+                try:
+                    aniso = default_anisotropy(layer.scale, ax, layer.ndim, bool(layer.rgb))
+                except (IndexError, ValueError):
+                    aniso = defaults.anisotropy
+                p.anisotropy.value = round(aniso, 3)
+
+    def show_result(self, layer: Any) -> None:
+        """Thresholds and status of the current result of ``layer`` (if any)."""
+        p = self.panel
+        res = self.session.current(layer)
+        if res is None:
+            if not p.busy:
+                p.status.value = f"{layer.name}: not segmented yet"
+            return
+        with self.quietly():
+            for name, key in (("cellprob", "cellprob_threshold"),
+                              ("flow_threshold", "flow_threshold"), ("min_size", "min_size")):
+                if res.params.get(key) is not None:
+                    getattr(p, name).value = res.params[key]
+        if not p.busy:
+            n = int(np.count_nonzero(np.unique(np.asarray(res.masks.data))))
+            edited = " (with your corrections)" if res.edited else ""
+            p.status.value = f"{layer.name}: {n} cells in {res.masks.name!r}{edited}"
+
+    # ------------------------------------------------------------------ following layers
+    def follow_active_layer(self, event: Any = None) -> None:
+        """Pick the active image layer (or the image an active output layer came from)."""
+        p = self.panel
+        layer = p.viewer.layers.selection.active
+        if layer is None:
+            return
+        role = _layers.role_of(layer)
+        if role is None and isinstance(layer, Image):
+            target = layer
+        elif role in _layers.OUTPUT_ROLES:
+            sid = _layers.source_of(layer)
+            target = next((ly for ly in p.viewer.layers if Session.key(ly) == sid), None)
+            if role == "masks":
+                self.session.make_current(layer)
+        else:
+            return
+        if target is None:
+            return
+        if target not in p.image.choices:
+            p.image.reset_choices()
+        if target not in p.image.choices:
+            return
+        if target is not p.image.value:
+            p.image.value = target
+        elif role == "masks":
+            self.show_result(target)
