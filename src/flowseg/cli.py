@@ -1,4 +1,4 @@
-"""The ``flowseg`` command: ``flowseg segment``, ``flowseg train``, ``flowseg eval``.
+"""The ``flowseg`` command: ``flowseg segment``, ``train``, ``eval`` and ``track``.
 
 Each sub-command lives in its own ``_add_*`` (arguments) / ``_run_*`` (work) pair and calls
 the same engine functions as the napari widget; progress goes to tqdm through the engine's
@@ -58,6 +58,22 @@ def _run_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+# ---------------------------------------------------------------- track (issue: time-lapse)
+def _add_track(sub: argparse._SubParsersAction) -> None:
+    from ._cli_track import add_track_args
+
+    p = sub.add_parser("track", help="segment every frame of a time-lapse and link cells over "
+                                     "time (CTC export)")
+    add_track_args(p)
+    p.set_defaults(func=_run_track)
+
+
+def _run_track(args: argparse.Namespace) -> int:
+    from ._cli_track import run_track
+
+    return run_track(args)
+
+
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flowseg`` command."""
@@ -67,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_track(sub)
     return parser
 
 

@@ -154,7 +154,9 @@ def _move(cells: _Cells, shape: tuple, diameter: float, speed: float) -> None:
     if n == 0:
         return
     cells.vel = 0.8 * cells.vel + 0.6 * speed * diameter * rng.standard_normal((n, 2))
-    vmax = 2.0 * speed * diameter  # no jumps past a neighbour: the truth must be trackable
+    # no jumps past a neighbour (cells do not pass through each other): the truth must be
+    # trackable, also for small, crowded daughters
+    vmax = np.minimum(2.0 * speed * diameter, 0.3 * cells.r)[:, None]
     norm = np.sqrt((cells.vel ** 2).sum(1, keepdims=True))
     cells.vel = cells.vel * np.minimum(1.0, vmax / np.maximum(norm, 1e-9))
     cells.pos = cells.pos + cells.vel
@@ -225,7 +227,7 @@ def make_timelapse(n_frames: int = 12, shape: Sequence[int] = (128, 128),
     last_div = int(n_frames) - 3
     div_frames = (sorted(rng.integers(1, last_div, int(n_divisions)).tolist())
                   if last_div > 1 and n_divisions > 0 else [])
-    born = {int(i): 0 for i in cells.ids}
+    born = {int(i): -100 for i in cells.ids}  # the first cells may divide at once
     parents: dict[int, int] = {}
     frames = []
     for t in range(int(n_frames)):
