@@ -134,6 +134,9 @@ def overlap_matrix(frame_a: np.ndarray, frame_b: np.ndarray, objs_a: FrameObject
 
 def _rows(values: np.ndarray, objs: FrameObjects) -> np.ndarray:
     """Row index in ``objs`` of each label value (all values must be objects of it)."""
+    top = int(objs.ids[-1])
+    if top <= 4 * values.size + 1024:
+        return objs.index_lut(top)[values]
     return np.searchsorted(objs.ids, values.astype(np.int64))
 
 
