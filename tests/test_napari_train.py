@@ -1,4 +1,10 @@
-"""The Train tab: fine-tune on corrected masks in a real napari viewer (under xvfb-run)."""
+"""The Train tab: the Cellpose 2.0 loop in a real napari viewer (run under xvfb-run).
+
+Add corrected masks to a training set on disk, open and segment the next image, train on
+the set within a time budget, get the new model selected and compared with the old one on
+the held-out image; reopen the set in a new dock.  Models are width 8 and images 96 px so
+the loop takes seconds on a shared CPU.
+"""
 
 from __future__ import annotations
 
@@ -7,115 +13,237 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from flowseg import _layers  # noqa: E402
-from flowseg.engine.synthetic import make_sample  # noqa: E402
+from flowseg import _layers
+from flowseg.engine.progress import ProgressEvent
+from flowseg.engine.synthetic import make_sample
+
+SEGMENT_TIMEOUT = 60000
 
 
 @pytest.fixture
-def spy_train(monkeypatch):
-    import flowseg.engine.train as tr
+def image_folder(tmp_path):
+    """Three small nuclei images as TIFF files, with their true labels by file stem."""
+    import tifffile
 
-    calls = []
-    orig = tr.train
-
-    def spy(model, images, labels, **kw):
-        calls.append({"images": [np.array(x) for x in images],
-                      "labels": [np.array(y) for y in labels], **kw})
-        return orig(model, images, labels, **kw)
-
-    monkeypatch.setattr(tr, "train", spy)
-    return calls
-
-
-def _segmented_viewer(make_napari_viewer, qtbot):
-    """A viewer with a sample image segmented by the ground-truth oracle (fast)."""
-    from test_napari_widget import OracleModel
-
-    s = make_sample(kind="nuclei", shape=(128, 128), diameter=16, seed=9)
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-flowseg", "Segment cells")
-    img = viewer.add_image(s.image[..., 0], name="nuclei")
-    w._model_cache[(str(w.controls.model.value), "cpu")] = OracleModel(s.labels)
-    w.run()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=30000)
-    (masks,) = _layers.find_outputs(viewer.layers, img, roles=("masks",))
-    return viewer, w, img, masks
+    folder = tmp_path / "images"
+    folder.mkdir()
+    truth = {}
+    for k, name in enumerate(("a", "b", "c")):
+        s = make_sample(kind="nuclei", shape=(96, 96), diameter=16, seed=20 + k)
+        tifffile.imwrite(folder / f"{name}.tif", (s.image[..., 0] * 1000).astype(np.uint16))
+        truth[name] = s.labels.astype(np.int32)
+    return folder, truth
 
 
-def test_train_on_corrected_masks_then_segment(make_napari_viewer, model_dir, qtbot, spy_train):
-    viewer, w, img, masks = _segmented_viewer(make_napari_viewer, qtbot)
-    tp = w.train_panel
-    assert tp.pairs.value == [(img, masks)]  # our corrected output is offered by default
-    # correct the masks: erase one cell, paint a new one
-    data = masks.data.copy()
-    victim = int(np.unique(data[data > 0])[0])
-    data[data == victim] = 0
-    yy, xx = np.mgrid[:128, :128]
-    new_id = int(data.max()) + 1
-    data[((yy - 8) ** 2 + (xx - 120) ** 2) < 36] = new_id
-    masks.data = data
-    tp.epochs.value = 2
-    tp.model_name.value = "nuclei-fixed"
-    tp.train()
-    qtbot.waitUntil(lambda: tp.worker is None, timeout=120000)
-    new = model_dir / "nuclei-fixed.pt"
-    assert new.is_file(), tp.status.value
-    (call,) = spy_train
-    assert call["epochs"] == 2 and call["recipe"] == "finetune"
-    np.testing.assert_array_equal(call["labels"][0], data)
-    assert victim not in call["labels"][0] and new_id in call["labels"][0]
-    assert call["images"][0].shape == (128, 128, 1)
-    assert [ev.stage for ev in tp.progress.events].count("epoch") == 2
-    assert len(tp.losses) == 2 and all(np.isfinite(tp.losses))
-    # the new model is listed and selected, and it segments
-    assert w.controls.model.value == str(new)
-    assert "nuclei-fixed" in [lab for lab, _ in w.model_choices()]
-    w.run()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
-    (out,) = _layers.find_outputs(viewer.layers, img, roles=("masks",))
-    assert out.metadata["flowseg"]["params"]["model"] == str(new)
-    assert out.data.shape == img.data.shape
-
-
-def test_train_cancel_keeps_a_model(make_napari_viewer, model_dir, qtbot, spy_train):
-    viewer, w, img, masks = _segmented_viewer(make_napari_viewer, qtbot)
-    tp = w.train_panel
-    tp.epochs.value = 500
-    tp.model_name.value = "stopped"
-    tp.train()
-    qtbot.waitUntil(lambda: any(ev.stage == "train" for ev in tp.progress.events), timeout=60000)
-    tp.cancel_btn.clicked()
-    qtbot.waitUntil(lambda: tp.worker is None, timeout=60000)
-    assert (model_dir / "stopped.pt").is_file()
-    assert "cancelled" in tp.status.value
-    assert tp.train_btn.enabled and not tp.cancel_btn.enabled
-    assert w.controls.model.value == str(model_dir / "stopped.pt")
-
-
-def test_train_input_errors(make_napari_viewer, model_dir, qtbot, monkeypatch):
-    from flowseg import _train_widget
+@pytest.fixture
+def errors(monkeypatch):
+    from flowseg import _loop_panel, _train_panel
 
     shown = []
-    monkeypatch.setattr(_train_widget, "show_error", shown.append)
+    for mod in (_loop_panel, _train_panel):
+        monkeypatch.setattr(mod, "show_error", shown.append)
+    return shown
+
+
+def _dock(make_napari_viewer, model_dir):
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-flowseg", "Segment cells")
+    w.refresh_models(select=str(model_dir / "tiny.pt"))
+    return viewer, w
+
+
+def _next_and_correct(qtbot, w, truth):
+    """Next image (segmented by the dock), then 'correct' its masks to the truth."""
+    loop = w.train_panel.loop
+    with qtbot.waitSignal(w.segmented, timeout=SEGMENT_TIMEOUT) as sig:
+        layer = loop.next_image()
+    image, masks = sig.args
+    assert image == layer
+    # (napari hands plugins proxies of its layers: compare with ==, not `is`)
+    assert loop.labels.value == masks  # the new result is offered
+    masks.data = truth[layer.name]  # the user's corrections
+    return layer, masks
+
+
+def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, qtbot, errors):
+    folder, truth = image_folder
+    _viewer, w = _dock(make_napari_viewer, model_dir)
     tp = w.train_panel
-    assert tp.train() is None and "no training pairs" in shown[-1]
-    img = viewer.add_image(np.zeros((64, 64), np.float32), name="img")
-    lab = viewer.add_labels(np.zeros((64, 64), np.int32), name="lab")
-    tp.add_pair(img, lab)
-    tp.model_name.value = "bad name!"
-    assert tp.train() is None and "not valid" in shown[-1]
-    tp.model_name.value = "tiny"
-    assert tp.train() is None and "already exists" in shown[-1]
-    tp.model_name.value = "fresh"
-    assert tp.train() is None and "no labels" in shown[-1]
-    other = viewer.add_labels(np.zeros((32, 32), np.int32), name="small")
-    tp.add_pair(img, other)
-    assert tp.train() is None and "do not match" in shown[-1]
+    loop = tp.loop
+    loop.set_folder.value = tmp_path / "my set"  # a new folder: the set is made
+    assert loop.trainset is not None and (tmp_path / "my set").is_dir()
+    assert "empty" in loop.set_info.value
+    loop.image_folder.value = folder
+    # image 1: next image -> segmented by the tiny model -> corrected -> added
+    a, _ = _next_and_correct(qtbot, w, truth)
+    assert a.name == "a"
+    (pair,) = loop.add_to_set()
+    assert pair.name == "a" and pair.info["source"] == str(folder / "a.tif")
+    # image 2: the next image is 'b' (a is open and in the set); 'a' steps back
+    b, _ = _next_and_correct(qtbot, w, truth)
+    assert b.name == "b" and not a.visible and b.visible
+    loop.add_to_set()
+    assert loop.trainset.names() == ["a", "b"] and loop.trainset.held_out() == "a"
+    assert next(iter(loop.set_pairs.choices)).startswith("a  (held out")
+    # train: the whole set but the held-out image, within a short time budget
+    old = w.current_model_name()
+    tr = tp.training
+    assert tr.model_name.value == "my_set-1"
+    tr.budget.value = 0.2  # 12 s
+    with qtbot.waitSignal(tr.job.finished, timeout=120000):
+        tr.train()
+    assert errors == []
+    new = model_dir / "my_set-1.pt"
+    assert new.is_file(), tr.result.value
+    assert w.current_model_name() == str(new) != old  # selected in the Segment tab
+    assert "Held-out image 'a': AP@0.5 old model " in tr.result.value
+    assert "→ new model " in tr.result.value
+    # progress in plain words, one bar, and a loss curve
+    texts = [tr.job.describe(ev) for ev in tr.job.events]
+    assert any(t.startswith("Training") and ", loss " in t for t in texts)
+    assert {t.split()[0].rstrip(",") for t in texts} <= {
+        "Reading", "Preparing", "Training", "Measuring", "Comparing"}
+    assert tr.plot.epochs[0] == 1 and len(tr.plot.losses) >= 1
+    assert all(np.isfinite(tr.plot.losses))
+    assert tr.job.label.text().startswith("Done in")
+    assert tr.model_name.value == "my_set-2"  # ready for the next round
+    # the next image is segmented with the new model
+    with qtbot.waitSignal(w.segmented, timeout=SEGMENT_TIMEOUT) as sig:
+        c = loop.next_image()
+    assert c.name == "c" and sig.args[0] == c
+    assert sig.args[1].metadata["flowseg"]["params"]["model"] == str(new)
+    # next session: a new viewer and dock reopen the set and list its pairs
+    _viewer2, w2 = _dock(make_napari_viewer, model_dir)
+    loop2 = w2.train_panel.loop
+    loop2.set_folder.value = tmp_path / "my set"
+    assert [c.split()[0] for c in loop2.set_pairs.choices] == ["a", "b"]
+    assert "'a' is held out" in loop2.set_info.value
+    assert w2.train_panel.training.model_name.value == "my_set-2"
 
 
-def test_pairs_from_3d_stack_use_current_or_labelled_slices(make_napari_viewer, model_dir):
+def test_next_image_skips_done_files_and_says_when_finished(
+        make_napari_viewer, model_dir, image_folder, tmp_path, qtbot, errors, monkeypatch):
+    from flowseg import _loop_panel
+    from flowseg.engine.trainset import TrainingSet
+
+    folder, truth = image_folder
+    TrainingSet(tmp_path / "set").add(np.zeros((96, 96), np.uint16), truth["a"], "a",
+                                      source=str(folder / "a.tif"))
+    _viewer, w = _dock(make_napari_viewer, model_dir)
+    loop = w.train_panel.loop
+    assert loop.next_image() is None and "image folder" in errors[-1]
+    loop.set_folder.value = tmp_path / "set"
+    loop.image_folder.value = folder
+    infos = []
+    monkeypatch.setattr(_loop_panel, "show_info", infos.append)
+    runs = []
+    monkeypatch.setattr(w, "run", runs.append)  # the loop hands the layer to the dock
+    assert loop.next_image().name == "b"  # 'a' is in the set
+    assert loop.next_image().name == "c"  # 'b' is open
+    assert [ly.name for ly in runs] == ["b", "c"]
+    assert loop.next_image() is None and "every image" in infos[-1]
+
+
+def test_add_to_set_errors_and_3d_slices(make_napari_viewer, model_dir, tmp_path, errors):
+    viewer, w = _dock(make_napari_viewer, model_dir)
+    loop = w.train_panel.loop
+    assert loop.add_to_set() == [] and "training-set folder" in errors[-1]
+    loop.set_folder.value = tmp_path / "set"
+    assert loop.add_to_set() == [] and "no labels layer" in errors[-1]
+    img = viewer.add_image(np.random.default_rng(0).random((6, 32, 32)).astype(np.float32),
+                           name="stack")
+    lab = np.zeros((6, 32, 32), np.int32)
+    labels = viewer.add_labels(lab, name="drawn")
+    w.train_panel.reset_choices()
+    loop.labels.value = labels
+    assert loop.add_to_set() == [] and "hold no objects" in errors[-1]
+    lab[0, 2:8, 2:8] = 1
+    lab[2, 10:20, 10:20] = 4
+    labels.data = lab
+    viewer.layers.selection.active = img  # the dock's image: drawn labels have no source tag
+    loop.slices.value = "all slices with labels"
+    pairs = loop.add_to_set()
+    assert [p.name for p in pairs] == ["stack_z000", "stack_z002"]
+    _, stored, _ = loop.trainset.load()
+    np.testing.assert_array_equal(stored[1], lab[2])
+    assert pairs[1].info["source"] == "stack [z=2]"
+    viewer.add_labels(np.zeros((5, 5), np.int32), name="small")
+    loop.labels.value = viewer.layers["small"]
+    assert loop.add_to_set() == [] and "do not match" in errors[-1]
+
+
+def test_train_input_errors(make_napari_viewer, model_dir, tmp_path, errors):
+    _viewer, w = _dock(make_napari_viewer, model_dir)
+    tr = w.train_panel.training
+    assert tr.train() is None and "training-set folder" in errors[-1]
+    w.train_panel.loop.set_folder.value = tmp_path / "set"
+    assert tr.train() is None and "is empty" in errors[-1]
+    from flowseg.engine.trainset import TrainingSet
+
+    lab = np.zeros((32, 32), np.int32)
+    lab[4:12, 4:12] = 1
+    TrainingSet(tmp_path / "set").add(np.ones((32, 32), np.float32), lab, "x")
+    w.train_panel.loop.open_set()
+    tr.model_name.value = "bad name!"
+    assert tr.train() is None and "not valid" in errors[-1]
+    tr.model_name.value = "tiny"
+    assert tr.train() is None and "already exists" in errors[-1]
+
+
+def test_cancel_keeps_the_best_model(make_napari_viewer, model_dir, tmp_path, qtbot, errors):
+    from flowseg.engine.trainset import TrainingSet
+
+    ts = TrainingSet(tmp_path / "set")
+    for k in range(2):
+        s = make_sample(kind="nuclei", shape=(96, 96), diameter=16, seed=k)
+        ts.add(s.image[..., 0], s.labels, f"n{k}")
+    _viewer, w = _dock(make_napari_viewer, model_dir)
+    w.train_panel.loop.set_folder.value = tmp_path / "set"
+    tr = w.train_panel.training
+    tr.budget.value = 10.0
+    tr.model_name.value = "stopped"
+    tr.train()
+    qtbot.waitUntil(lambda: any(ev.stage == "train" for ev in tr.job.events), timeout=60000)
+    with qtbot.waitSignal(tr.job.finished, timeout=60000):
+        tr.cancel_btn.native.click()
+    assert (model_dir / "stopped.pt").is_file()
+    assert "Stopped early" in tr.result.value and "cancelled" in tr.result.value
+    assert w.current_model_name() == str(model_dir / "stopped.pt")
+    assert tr.train_btn.enabled and not tr.cancel_btn.native.isEnabled()
+
+
+@pytest.mark.parametrize("info, stage, done, total, text", [
+    ({"epoch": 2, "loss": 0.3123, "elapsed": 130.0, "budget": 300.0}, "train", 5, 50,
+     "Training 2/5 min, loss 0.31"),
+    ({"epoch": 1, "loss": 0.05, "elapsed": 12.4, "budget": 60.0}, "train", 1, 9,
+     "Training 12/60 s, loss 0.050"),
+    ({"loss": 1.5}, "epoch", 3, 100, "Training, epoch 3, loss 1.50"),
+    ({}, "read", 1, 4, "Reading the training set 1/4"),
+    ({}, "flows", 2, 4, "Preparing the training images 2/4"),
+])
+def test_training_words(info, stage, done, total, text):
+    from flowseg._train_panel import training_words
+
+    assert training_words(ProgressEvent(stage, done, total, "", info)) == text
+
+
+def test_loss_plot_draws_points(qtbot):
+    from flowseg._loss_plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(260, 100)
+    empty = plot.grab().toImage()
+    for e, v in ((1, 2.0), (2, 1.2), (3, 0.9)):
+        plot.add_point(e, v)
+    plot.add_point(3, 0.8)  # a repeated epoch replaces its point
+    assert plot.epochs == [1, 2, 3] and plot.losses == [2.0, 1.2, 0.8]
+    assert plot.grab().toImage() != empty
+    plot.clear()
+    assert plot.epochs == [] and plot.losses == []
+
+
+def test_pairs_from_3d_stack_use_current_or_labelled_slices(make_napari_viewer):
     from flowseg._train_widget import SLICE_MODES, pair_arrays
 
     viewer = make_napari_viewer()
@@ -128,9 +256,11 @@ def test_pairs_from_3d_stack_use_current_or_labelled_slices(make_napari_viewer, 
     params = {"channel_axis": 0, "z_axis": 1, "channels": [1, 0]}
     labels = viewer.add_labels(lab, name="fixed", metadata={"flowseg": {"params": params}})
     viewer.dims.set_current_step(1, 4)  # world axis 1 = the labels' Z
-    (x, y), = pair_arrays(viewer, img, labels, SLICE_MODES[0])
+    (x, y, z), = pair_arrays(viewer, img, labels, SLICE_MODES[0])
+    assert z == 4
     np.testing.assert_array_equal(y, lab[4])
     np.testing.assert_allclose(x[..., 0], img.data[1, 4])  # cytoplasm = channel 1
     np.testing.assert_allclose(x[..., 1], img.data[0, 4])  # nucleus = channel 0
     pairs = pair_arrays(viewer, img, labels, SLICE_MODES[1])
-    assert [int(p[1].max()) for p in pairs] == [1, 2]
+    assert [int(p[1].max()) for p in pairs] == [1, 2] and [p[2] for p in pairs] == [2, 4]
+    assert _layers.role_of(labels) is None
