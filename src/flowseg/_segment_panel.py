@@ -141,7 +141,6 @@ class SegmentPanel(Container):
         self.shapes_btn.changed.connect(lambda *_: self.diameter_from_shapes())
         for t in (self.cellprob, self.flow_threshold, self.min_size):
             t.changed.connect(self._on_threshold_changed)
-        self.after_edits.changed.connect(self._on_threshold_changed)
         self.run_btn.changed.connect(lambda *_: self.run())
         self.results.edited.connect(self._on_edited)
         for job in self.jobs:
@@ -361,8 +360,7 @@ class SegmentPanel(Container):
                   "flow_threshold": float(self.flow_threshold.value),
                   "min_size": int(self.min_size.value)}
         mode = self.after_edits.value
-        if all(res.seg.params.get(k) == v for k, v in kw.items()) and (
-                mode == AFTER_EDITS[0] or not res.edited):
+        if all(res.seg.params.get(k) == v for k, v in kw.items()):
             return None  # nothing changed
         seg = res.seg
 

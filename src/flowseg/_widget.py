@@ -53,6 +53,11 @@ class SegmentWidget(QWidget):
         from .engine.dynamics import warmup_in_background
 
         warmup_in_background()  # compile the flow engine while the user sets up the run
+        # napari hands plugin widgets a PublicOnlyProxy of the viewer, which wraps every
+        # object it returns in a new proxy: layers would then fail identity checks
+        # (``layer is other``) against the same layer reached another way (events, the
+        # user's scripts).  We use only public API, so we keep the viewer itself.
+        viewer = getattr(viewer, "__wrapped__", viewer)
         self.viewer = viewer
         self.models = ModelStore()
         self._model_cache = self.models.cache  # (path, device) -> loaded model
