@@ -72,7 +72,7 @@ def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, q
     loop = tp.loop
     loop.set_folder.value = tmp_path / "my set"  # a new folder: the set is made
     assert loop.trainset is not None and (tmp_path / "my set").is_dir()
-    assert "empty" in loop.set_info.value
+    assert "empty" in loop.set_info.text()
     loop.image_folder.value = folder
     # image 1: next image -> segmented by the tiny model -> corrected -> added
     a, _ = _next_and_correct(qtbot, w, truth)
@@ -94,10 +94,10 @@ def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, q
         tr.train()
     assert errors == []
     new = model_dir / "my_set-1.pt"
-    assert new.is_file(), tr.result.value
+    assert new.is_file(), tr.result.text()
     assert w.current_model_name() == str(new) != old  # selected in the Segment tab
-    assert "Held-out image 'a': AP@0.5 old model " in tr.result.value
-    assert "→ new model " in tr.result.value
+    assert "Held-out image 'a': AP@0.5 old model " in tr.result.text()
+    assert "→ new model " in tr.result.text()
     # progress in plain words, one bar, and a loss curve
     texts = [tr.job.describe(ev) for ev in tr.job.events]
     assert any(t.startswith("Training") and ", loss " in t for t in texts)
@@ -117,7 +117,7 @@ def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, q
     loop2 = w2.train_panel.loop
     loop2.set_folder.value = tmp_path / "my set"
     assert [c.split()[0] for c in loop2.set_pairs.choices] == ["a", "b"]
-    assert "'a' is held out" in loop2.set_info.value
+    assert "'a' is held out" in loop2.set_info.text()
     assert w2.train_panel.training.model_name.value == "my_set-2"
 
 
@@ -167,8 +167,9 @@ def test_add_to_set_errors_and_3d_slices(make_napari_viewer, model_dir, tmp_path
     _, stored, _ = loop.trainset.load()
     np.testing.assert_array_equal(stored[1], lab[2])
     assert pairs[1].info["source"] == "stack [z=2]"
-    viewer.add_labels(np.zeros((5, 5), np.int32), name="small")
-    loop.labels.value = viewer.layers["small"]
+    small = viewer.add_labels(np.zeros((5, 5), np.int32), name="small")
+    viewer.layers.selection.active = small  # the labels being edited are offered
+    assert loop.labels.value == small
     assert loop.add_to_set() == [] and "do not match" in errors[-1]
 
 
@@ -207,7 +208,7 @@ def test_cancel_keeps_the_best_model(make_napari_viewer, model_dir, tmp_path, qt
     with qtbot.waitSignal(tr.job.finished, timeout=60000):
         tr.cancel_btn.native.click()
     assert (model_dir / "stopped.pt").is_file()
-    assert "Stopped early" in tr.result.value and "cancelled" in tr.result.value
+    assert "Stopped early" in tr.result.text() and "cancelled" in tr.result.text()
     assert w.current_model_name() == str(model_dir / "stopped.pt")
     assert tr.train_btn.enabled and not tr.cancel_btn.native.isEnabled()
 

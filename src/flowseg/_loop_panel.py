@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QAbstractItemView
+from qtpy.QtWidgets import QAbstractItemView, QLabel
 
 from . import _layers
 from ._inputs import Axes, check_axes, guess_axes
@@ -101,7 +101,8 @@ class LoopPanel(Container):
         self.set_pairs = Select(label="pairs", choices=[])
         self.set_pairs.native.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.set_pairs.native.setMaximumHeight(100)
-        self.set_info = Label(value="no training set open")
+        self.set_info = QLabel("no training set open")  # full width, below the list
+        self.set_info.setWordWrap(True)
         self.labels = ComboBox(label="corrected labels", choices=self._labels_choices,
                                nullable=True)
         self.slices = ComboBox(label="3D stacks", choices=list(SLICE_MODES))
@@ -109,11 +110,11 @@ class LoopPanel(Container):
         self.image_folder = FileEdit(label="image folder", mode="d",
                                      tooltip="the images to go through, one by one")
         self.next_btn = PushButton(text="Next image")
-        for w in (self.set_info,):
-            w.native.setWordWrap(True)
-        self.extend([self.set_folder, self.set_pairs, self.set_info, self.labels, self.slices,
-                     self.add_btn, self.image_folder, self.next_btn])
+        self.extend([self.set_folder, self.set_pairs, self.labels, self.slices, self.add_btn,
+                     self.image_folder, self.next_btn])
+        self.native.layout().insertWidget(2, self.set_info)
         self.set_folder.changed.connect(lambda *_: self.open_set())
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.add_btn.changed.connect(lambda *_: self.add_to_set())
         self.next_btn.changed.connect(lambda *_: self.next_image())
 
@@ -128,6 +129,11 @@ class LoopPanel(Container):
             masks = [ly for ly in self.viewer.layers if _layers.role_of(ly) == "masks"]
             if masks:
                 self.labels.value = masks[-1]
+
+    def _on_active_layer(self, event: Any = None) -> None:
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, Labels) and layer in self.viewer.layers:
+            self.follow(None, layer)  # the labels being edited are the ones to add
 
     def follow(self, image: Any, labels: Any) -> None:
         """Offer ``labels`` (just made for ``image``) for the next *Add*."""
@@ -171,21 +177,21 @@ class LoopPanel(Container):
         ts = self.trainset
         if ts is None:
             self.set_pairs.choices = []
-            self.set_info.value = "no training set open"
+            self.set_info.setText("no training set open")
         else:
             held = ts.held_out()
             names = ts.names()
             self.set_pairs.choices = [f"{n}  (held out: compares models)" if n == held else n
                                       for n in names]
             if not names:
-                self.set_info.value = (f"{ts.folder.name}: empty. Correct a segmentation, then "
-                                       "Add to training set.")
+                self.set_info.setText(f"{ts.folder.name}: empty. Correct a segmentation, then "
+                                      "Add to training set.")
             elif held is None:
-                self.set_info.value = (f"{ts.folder.name}: 1 image. Add a second one: the first "
-                                       "is then kept aside to compare models.")
+                self.set_info.setText(f"{ts.folder.name}: 1 image. Add a second one: the first "
+                                      "is then kept aside to compare models.")
             else:
-                self.set_info.value = (f"{ts.folder.name}: {len(names)} images; training uses "
-                                       f"{len(names) - 1}, {held!r} is held out.")
+                self.set_info.setText(f"{ts.folder.name}: {len(names)} images; training uses "
+                                      f"{len(names) - 1}, {held!r} is held out.")
         if self.on_set_changed is not None:
             self.on_set_changed(ts)
 

@@ -14,7 +14,7 @@ import inspect
 import time
 from typing import Any
 
-from magicgui.widgets import Container, FloatSpinBox, Label, LineEdit, PushButton
+from magicgui.widgets import Container, FloatSpinBox, LineEdit, PushButton
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QLabel, QProgressBar
 
@@ -77,16 +77,15 @@ class TrainSection(Container):
         self.model_name = LineEdit(label="new model name", value="")
         self.train_btn = PushButton(text="Train on the training set")
         self.cancel_btn = PushButton(text="Cancel (keep best so far)")
-        self.result = Label(value="")
-        self.result.native.setWordWrap(True)
+        self.result = QLabel()  # what the last training gave, full width
+        self.result.setWordWrap(True)
         bar, text = QProgressBar(), QLabel()
         self.plot = LossPlot()
         self.job = Job("training", bar=bar, label=text, cancel_button=self.cancel_btn.native,
                        describe=training_words)
         self.extend([self.budget, self.model_name, self.train_btn, self.cancel_btn])
-        for native in (bar, text, self.plot):
+        for native in (bar, text, self.result, self.plot):
             self.native.layout().addWidget(native)
-        self.append(self.result)
         self.job.progressed.connect(self._on_progress)
         self.job.started.connect(lambda: setattr(self.train_btn, "enabled", False))
         self.job.finished.connect(lambda: setattr(self.train_btn, "enabled", True))
@@ -147,17 +146,17 @@ class TrainSection(Container):
             show_error(str(exc))
             return None
         self.plot.clear()
-        self.result.value = ""
+        self.result.setText("")
         return self.job.start(lambda progress, cancel: _work(req, progress, cancel),
                               on_done=self._trained, on_error=self._failed,
                               message=f"Loading the training set {req['set'].folder.name}")
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
-            self.result.value = "Cancelled before any training step: no model was saved."
+            self.result.setText("Cancelled before any training step: no model was saved.")
         else:
             show_error(f"training failed: {type(exc).__name__}: {exc}")
-            self.result.value = f"Training failed: {exc}"
+            self.result.setText(f"Training failed: {exc}")
 
     def _trained(self, out: dict) -> None:
         path = out["path"]
@@ -174,7 +173,7 @@ class TrainSection(Container):
         else:
             lines.append(f"Held-out image {out['held_out']!r}: AP@0.5 old model "
                          f"{_ap_text(out['ap_old'])} → new model {_ap_text(out['ap_new'])}.")
-        self.result.value = "\n".join(lines)
+        self.result.setText("\n".join(lines))
         self.job.set_text(f"Done in {out['seconds'] / 60:.1f} min, {out['epochs']} epochs.")
         show_info(lines[0])
         self.suggest_name()
