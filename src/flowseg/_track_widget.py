@@ -218,7 +218,8 @@ class TrackWidget(Container):
             raise ValueError("no model chosen: pick a bundled model or load a model file")
         nch = int(shape[c]) if c is not None else 1
         channels = (self.cyto.value, self.nucleus.value) if nch > 1 else None
-        return {"layer": layer, "t_axis": t, "channel_axis": c, "z_axis": z,
+        data = layer.data[0] if layer.multiscale else layer.data  # full resolution, lazy
+        return {"layer": layer, "data": data, "t_axis": t, "channel_axis": c, "z_axis": z,
                 "channels": channels, "model": str(model), "device": self.device.value,
                 "diameter": float(self.diameter.value) or None,
                 "do_3d": bool(self.do_3d.value and z is not None), "link": self.link_params()}
@@ -240,7 +241,7 @@ class TrackWidget(Container):
 
         def work(progress, cancel):
             model = models.load(req["model"], req["device"])
-            return track(model, req["layer"].data, t_axis=req["t_axis"],
+            return track(model, req["data"], t_axis=req["t_axis"],
                          diameter=req["diameter"], link=req["link"], channels=req["channels"],
                          channel_axis=req["channel_axis"], z_axis=req["z_axis"],
                          do_3d=req["do_3d"], progress=progress, cancel=cancel)
