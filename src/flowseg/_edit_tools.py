@@ -26,7 +26,7 @@ from ._session import Session
 
 __all__ = ["CLICK_MODES", "EditPanel", "delete_label", "merge_labels"]
 
-CLICK_MODES = ("do nothing", "delete it", "merge it with the next cell clicked")
+CLICK_MODES = ("do nothing", "delete it", "merge it with the next one")
 
 
 def delete_label(layer: Any, label: int) -> int:
@@ -51,11 +51,11 @@ class EditPanel(Container):
     """Controls of the Edit tab."""
 
     def __init__(self, viewer: Any, session: Session, results: ResultLayers) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer, self.session, self.results = viewer, session, results
         self.layer = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self.outlines = CheckBox(text="show cells as outlines", value=False)
-        self.click = ComboBox(label="click on a cell to", choices=list(CLICK_MODES),
+        self.click = ComboBox(label="click a cell to", choices=list(CLICK_MODES),
                               value=CLICK_MODES[0])
         self.image = ComboBox(label="intensities from", choices=self._image_choices,
                               nullable=True)
@@ -64,8 +64,9 @@ class EditPanel(Container):
         self.table = Table()
         self.info = Label(value="")
         self.info.native.setWordWrap(True)
-        self.extend([self.layer, self.outlines, self.click, self.image, self.measure_btn,
-                     self.table, self.save_btn, self.info])
+        form = Container(widgets=[self.layer, self.outlines, self.click, self.image])
+        form.margins = (0, 0, 0, 0)
+        self.extend([form, self.measure_btn, self.table, self.save_btn, self.info])
         self.table.native.setMinimumHeight(120)
         self.table.native.setMaximumHeight(260)
         self.measurements: dict[str, np.ndarray] = {}

@@ -13,29 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FloatSlider,
-    FloatSpinBox,
-    Label,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-)
-from napari.layers import Image, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
-from . import _layers
 from ._diameter_preview import DiameterPreview
 from ._inputs import diameter_from_shapes
-from ._jobs import Job
-from ._model_store import ModelStore, devices
+from ._model_store import ModelStore
 from ._panel_state import PanelState
-from ._results import AFTER_EDITS, ResultLayers
+from ._results import ResultLayers
+from ._segment_form import SegmentForm
 from ._segment_request import LOAD_FILE, SegmentRequest, make_request
 from ._session import Session
 from .engine.progress import Cancelled
@@ -43,7 +30,7 @@ from .engine.progress import Cancelled
 __all__ = ["SegmentPanel"]
 
 
-class SegmentPanel(Container):
+class SegmentPanel(SegmentForm):
     """Controls and jobs of the Segment tab.
 
     Signals
@@ -58,12 +45,10 @@ class SegmentPanel(Container):
     model_changed = Signal(object)
 
     def __init__(self, viewer: Any, models: ModelStore) -> None:
-        super().__init__(labels=True, scrollable=True)
-        self.viewer, self.models = viewer, models
+        super().__init__(viewer, models)
         self.session = Session()
         self.results = ResultLayers(viewer, self.session)
         self.preview_circle = DiameterPreview(viewer)
-        self._build()
         self.state = PanelState(self)
         self._pending_recompute = False
         self._debounce = QTimer()
@@ -72,63 +57,6 @@ class SegmentPanel(Container):
         self._debounce.timeout.connect(self.recompute_masks)
         self._connect()
 
-    # ------------------------------------------------------------------ building
-    def _build(self) -> None:
-        self.image = ComboBox(label="image", choices=self.image_choices)
-        self.channel_axis = ComboBox(label="channel axis", choices=[("none", None)])
-        self.z_axis = ComboBox(label="Z axis", choices=[("none", None)])
-        self.cyto = ComboBox(label="cytoplasm", choices=[("channel 0", 0)])
-        self.nucleus = ComboBox(label="nucleus", choices=[("none", None)])
-        self.model = ComboBox(label="model", choices=lambda *_: self.models.choices())
-        self.diameter = FloatSpinBox(
-            label="diameter (px)", min=0.0, max=2000.0, step=1.0, value=30.0,
-            tooltip="cell diameter in pixels; 0 = the model's own estimate")
-        self.estimate_btn = PushButton(text="estimate from image")
-        self.shapes = ComboBox(label="circles layer", choices=self.shapes_choices, nullable=True)
-        self.shapes_btn = PushButton(text="diameter from Shapes layer")
-        self.preview = CheckBox(text="show diameter preview", value=True)
-        self.cellprob = FloatSlider(label="cellprob threshold", min=-6.0, max=6.0, step=0.1,
-                                    value=0.0)
-        self.flow_threshold = FloatSlider(label="flow threshold", min=0.0, max=3.0, step=0.05,
-                                          value=0.4)
-        self.min_size = SpinBox(label="min size (px)", min=-1, max=1_000_000, value=15)
-        self.after_edits = ComboBox(
-            label="after corrections", choices=list(AFTER_EDITS), value=AFTER_EDITS[0],
-            tooltip="what new thresholds do to a masks layer you corrected: keep every cell "
-                    "you touched and update the others, or leave it and write a new layer. "
-                    "Run always writes a new layer next to a corrected one.")
-        self.more = CheckBox(text="3D, test-time augmentation and device options", value=False)
-        self.do_3d = CheckBox(text="3D (segment the volume, not slices)", value=False)
-        self.stitch = FloatSpinBox(label="stitch threshold", min=0.0, max=1.0, step=0.05,
-                                   value=0.0, tooltip="slice by slice: IoU to join 2D masks "
-                                                      "across Z")
-        self.anisotropy = FloatSpinBox(label="anisotropy (Z/XY)", min=0.01, max=100.0, step=0.1,
-                                       value=1.0)
-        self.augment = CheckBox(text="augment (flip averaging)", value=False)
-        self.device = ComboBox(label="device", choices=devices())
-        self.advanced = Container(widgets=[self.do_3d, self.stitch, self.anisotropy,
-                                           self.augment, self.device], labels=True,
-                                  visible=False)
-        self.extend([self.image, self.channel_axis, self.z_axis, self.cyto, self.nucleus,
-                     self.model, self.diameter, self.estimate_btn, self.shapes,
-                     self.shapes_btn, self.preview, self.cellprob, self.flow_threshold,
-                     self.min_size, self.after_edits, self.more, self.advanced])
-        # the footer stays visible below the scrolling controls (placed by the dock)
-        self.run_btn = PushButton(text="Run")
-        self.cancel_btn = PushButton(text="Cancel", enabled=False)
-        self.bar = ProgressBar(visible=False)
-        self.status = Label(value="")
-        self.footer = Container(widgets=[Container(widgets=[self.run_btn, self.cancel_btn],
-                                                   layout="horizontal", labels=False),
-                                         self.bar, self.status], labels=False)
-        self.footer.margins = (4, 0, 4, 4)
-        shared = {"bar": self.bar.native, "label": self.status.native,
-                      "cancel_button": self.cancel_btn.native}
-        self.segment_job = Job("segmentation", **shared)
-        self.estimate_job = Job("diameter estimate", **shared)
-        self.recompute_job = Job("mask update", **shared)
-        self.jobs = (self.segment_job, self.estimate_job, self.recompute_job)
-
     def _connect(self) -> None:
         self.image.changed.connect(self.state.on_image_changed)
         self.channel_axis.changed.connect(self.state.on_axes_changed)
@@ -136,7 +64,7 @@ class SegmentPanel(Container):
         self.model.changed.connect(self._on_model_changed)
         self.diameter.changed.connect(self._update_preview)
         self.preview.changed.connect(self._update_preview)
-        self.more.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
+        self.more.changed.connect(self._show_more)
         self.estimate_btn.changed.connect(lambda *_: self.estimate_diameter())
         self.shapes_btn.changed.connect(lambda *_: self.diameter_from_shapes())
         for t in (self.cellprob, self.flow_threshold, self.min_size):
@@ -147,17 +75,6 @@ class SegmentPanel(Container):
             job.started.connect(self._update_buttons)
             job.finished.connect(self._job_finished)
         self.viewer.layers.selection.events.active.connect(self.state.follow_active_layer)
-
-    # ------------------------------------------------------------------ choices
-    def image_choices(self, widget: Any = None) -> list:
-        """Image layers of the viewer (not ours; labels cannot be segmented)."""
-        return [(ly.name, ly) for ly in self.viewer.layers
-                if isinstance(ly, Image) and _layers.role_of(ly) is None]
-
-    def shapes_choices(self, widget: Any = None) -> list:
-        """Shapes layers that may hold circles drawn around cells."""
-        return [(ly.name, ly) for ly in self.viewer.layers
-                if isinstance(ly, Shapes) and _layers.role_of(ly) is None]
 
     def reset_choices(self, *args: Any) -> None:
         """Refresh the layer pickers (the axis and channel pickers are set per image)."""
@@ -175,26 +92,6 @@ class SegmentPanel(Container):
             if d is not None:
                 self.diameter.value = d
         self.model_changed.emit(value)
-
-    def _load_model_file(self) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _ = QFileDialog.getOpenFileName(self.native, "Load a flowseg or Cellpose model file")
-        if path:
-            try:
-                self.select_model(self.models.add_file(path))
-                return
-            except ValueError as exc:
-                show_error(str(exc))
-        choices = [v for _, v in self.models.choices() if v != LOAD_FILE]
-        if choices:
-            self.model.value = choices[0]
-
-    def select_model(self, path: str | None = None) -> None:
-        """Re-read the model lists; select ``path`` if given."""
-        self.model.reset_choices()
-        if path is not None:
-            self.model.value = str(path)
 
     # ------------------------------------------------------------------ jobs
     @property

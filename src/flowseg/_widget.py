@@ -14,7 +14,14 @@ from typing import Any
 
 import napari
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QScrollArea,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ._edit_tools import EditPanel
 from ._model_store import ModelStore
@@ -25,15 +32,29 @@ from ._train_widget import TrainPanel
 __all__ = ["SegmentWidget"]
 
 
-def _page(*widgets: QWidget, stretch: bool = False) -> QWidget:
+def _page(controls: QWidget, footer: QWidget | None = None) -> QWidget:
+    """A tab page: the controls scroll (top-aligned), the footer stays visible below them."""
+    inner = QWidget()
+    inner_lay = QVBoxLayout(inner)
+    inner_lay.setContentsMargins(0, 0, 0, 0)
+    inner_lay.addWidget(controls)
+    inner_lay.addStretch(1)  # controls at the top, not spread over the height
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.NoFrame)
+    scroll.setWidget(inner)
+    for combo in controls.findChildren(QComboBox):  # long layer names must not widen the dock
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(10)
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    scroll.setMinimumWidth(controls.minimumSizeHint().width() + bar)
     page = QWidget()
     lay = QVBoxLayout(page)
     lay.setContentsMargins(0, 0, 0, 0)
     lay.setSpacing(0)
-    for w in widgets:
-        lay.addWidget(w)
-    if stretch:
-        lay.addStretch(1)  # controls at the top, not spread over the height
+    lay.addWidget(scroll, 1)
+    if footer is not None:
+        lay.addWidget(footer)
     return page
 
 
@@ -68,8 +89,8 @@ class SegmentWidget(QWidget):
         tabs = QTabWidget()
         tabs.addTab(_page(self.segment_panel.native, self.segment_panel.footer.native),
                     "Segment")
-        tabs.addTab(_page(self.edit_panel.native, stretch=True), "Edit")
-        tabs.addTab(_page(self.train_panel.native, stretch=True), "Train")
+        tabs.addTab(_page(self.edit_panel.native), "Edit")
+        tabs.addTab(_page(self.train_panel.native), "Train")
         self.tabs = tabs
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
