@@ -118,7 +118,11 @@ def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, q
     loop2.set_folder.value = tmp_path / "my set"
     assert [c.split()[0] for c in loop2.set_pairs.choices] == ["a", "b"]
     assert "'a' is held out" in loop2.set_info.text()
-    assert w2.train_panel.training.model_name.value == "my_set-2"
+    tr2 = w2.train_panel.training
+    assert tr2.model_name.value == "my_set-2"
+    tr2.model_name.value = "typed"  # a name the user typed stays when another set opens
+    loop2.set_folder.value = tmp_path / "other set"
+    assert tr2.model_name.value == "typed"
 
 
 def test_next_image_skips_done_files_and_says_when_finished(
@@ -142,6 +146,8 @@ def test_next_image_skips_done_files_and_says_when_finished(
     assert loop.next_image().name == "c"  # 'b' is open
     assert [ly.name for ly in runs] == ["b", "c"]
     assert loop.next_image() is None and "every image" in infos[-1]
+    loop.image_folder.value = tmp_path / "set"
+    assert loop.next_image() is None and "training set itself" in errors[-1]
 
 
 def test_add_to_set_errors_and_3d_slices(make_napari_viewer, model_dir, tmp_path, errors):

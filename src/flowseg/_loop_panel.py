@@ -243,8 +243,14 @@ class LoopPanel(Container):
             if folder is None or str(folder) in ("", "."):
                 raise ValueError("choose the image folder to go through first")
             files = image_files(folder)
+            if self.trainset is not None and Path(folder).resolve() == self.trainset.folder:
+                raise ValueError("the image folder is the training set itself: choose the "
+                                 "folder of the images still to segment")
         except (OSError, ValueError) as exc:
             show_error(str(exc))
+            return None
+        if getattr(self.owner, "worker", None) is not None:
+            show_info("a segmentation is running: wait for it (or cancel it) first")
             return None
         done = self.trainset.sources() if self.trainset is not None else set()
         opened = {_source_file(ly) for ly in self.viewer.layers if isinstance(ly, Image)}

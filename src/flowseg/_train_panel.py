@@ -75,6 +75,7 @@ class TrainSection(Container):
         self.budget = FloatSpinBox(label="time budget (min)", min=0.05, max=600.0, step=0.5,
                                    value=5.0, tooltip="training stops after this long at most")
         self.model_name = LineEdit(label="new model name", value="")
+        self._suggested = ""  # the last name proposed by suggest_name
         self.train_btn = PushButton(text="Train on the training set")
         self.cancel_btn = PushButton(text="Cancel (keep best so far)")
         self.result = QLabel()  # what the last training gave, full width
@@ -92,8 +93,13 @@ class TrainSection(Container):
         self.train_btn.changed.connect(lambda *_: self.train())
 
     # ------------------------------------------------------------------ naming
-    def suggest_name(self) -> None:
-        """Propose ``<set name>-<k>`` with the first ``k`` not taken in the model folder."""
+    def suggest_name(self, force: bool = True) -> None:
+        """Propose ``<set name>-<k>`` with the first ``k`` not taken in the model folder.
+
+        With ``force=False`` a name the user typed is left alone.
+        """
+        if not force and self.model_name.value not in ("", self._suggested):
+            return
         from ._model_registry import user_models, valid_model_name
         from .engine.trainset import safe_name
 
@@ -108,7 +114,7 @@ class TrainSection(Container):
         k = 1
         while f"{stem}-{k}" in taken:
             k += 1
-        self.model_name.value = f"{stem}-{k}"
+        self.model_name.value = self._suggested = f"{stem}-{k}"
 
     # ------------------------------------------------------------------ training
     def _on_progress(self, ev: ProgressEvent) -> None:

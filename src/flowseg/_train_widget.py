@@ -59,5 +59,5 @@ class TrainPanel(Container):
         self.loop.reset_choices()
 
     def _set_changed(self, trainset: Any) -> None:
-        if trainset is not None and not self.training.model_name.value:
-            self.training.suggest_name()
+        if trainset is not None:
+            self.training.suggest_name(force=False)
