@@ -30,6 +30,7 @@ __all__ = [
     "ProgressEvent",
     "Cancelled",
     "load_sample",
+    "segment_blocks",
 ]
 
 _LAZY = {
@@ -43,6 +44,7 @@ _LAZY = {
     "ProgressEvent": "flowseg.engine.progress",
     "Cancelled": "flowseg.engine.progress",
     "load_sample": "flowseg.engine.samples",
+    "segment_blocks": "flowseg.engine.blocks",
 }
 
 

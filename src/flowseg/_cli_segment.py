@@ -56,6 +56,9 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-flows", action="store_true",
                    help="also write <name>_flows.tif: flows and cell probability (float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from ._cli_blocks import add_block_args
+
+    add_block_args(p)  # blockwise options (zarr, OME-Zarr, big TIFF): see _cli_blocks
 
 
 def _channels(values: list[str] | None):
@@ -215,6 +218,10 @@ def run_segment(args: argparse.Namespace) -> int:
         args.diameter = None  # 0 = estimate, as in Cellpose
     if not args.paths and not args.sample:
         raise ValueError("give image files/folders, or --sample to try the bundled sample")
+    from ._cli_blocks import blockwise_jobs, run_blocks  # zarr, big TIFF, --block-size
+
+    if block_jobs := blockwise_jobs(args):
+        return run_blocks(args, block_jobs)
     kw = {"channels": _channels(args.channels), "channel_axis": args.channel_axis,
           "z_axis": args.z_axis, "diameter": args.diameter, "do_3d": args.do_3d,
           "anisotropy": args.anisotropy, "stitch_threshold": args.stitch,

@@ -1,0 +1,199 @@
+"""``flowseg segment`` for big inputs: blockwise on dask.distributed, labels to zarr.
+
+:mod:`flowseg._cli_segment` adds these arguments (:func:`add_block_args`) and hands over to
+:func:`run_blocks` when :func:`blockwise_jobs` finds work for it: a zarr or OME-Zarr input,
+a TIFF over :data:`TIFF_BLOCKWISE_ELEMENTS`, or ``--block-size`` given.  Every input of such
+a call is then segmented with :func:`flowseg.segment_blocks`:
+
+* an OME-Zarr image gets a label image ``<image>/labels/<name>`` (``--out NAME``, default
+  ``flowseg``; an ``--out`` ending in ``.zarr`` writes a plain array there instead);
+* any other input gets ``<name>_masks.zarr`` next to it, in the ``--out`` folder, or at
+  ``--out`` itself when that ends in ``.zarr`` (one input only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TIFF_BLOCKWISE_ELEMENTS", "add_block_args", "blockwise_jobs", "run_blocks"]
+
+#: TIFF images with more elements than this (64 Mi, e.g. 8192 x 8192) are read blockwise.
+TIFF_BLOCKWISE_ELEMENTS = 1 << 26
+_DEFAULT_BLOCK = {2: 1024, 3: 256}
+
+
+def add_block_args(p: argparse.ArgumentParser) -> None:
+    """Blockwise options of ``flowseg segment``."""
+    g = p.add_argument_group(
+        "blockwise (zarr / OME-Zarr inputs, TIFFs over 64 M pixels, or --block-size)",
+        "big images are cut into overlapping blocks segmented on dask workers; labels are "
+        "written to zarr (see docs/blocks.md)")
+    g.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="block edge in pixels (default 1024 in 2D, 256 in 3D); giving it "
+                        "makes any input blockwise")
+    g.add_argument("--overlap", type=int, default=None, metavar="N",
+                   help="margin around each block (default: 2 diameters, the minimum)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local dask workers (default: one per core, fewer if memory is short)")
+    g.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="use a running dask scheduler, e.g. tcp://host:8786 (workers need "
+                        "flowseg and must see the input and output paths)")
+    g.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="memory per local worker, e.g. 4GB (default: available / workers)")
+    g.add_argument("--skip-below", type=float, default=None, metavar="I",
+                   help="skip blocks whose intensity never reaches I (empty background)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing zarr output / label image")
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """One input of a blockwise call."""
+
+    label: str
+    data: Any
+    out: Any
+
+
+def _is_big_tiff(path: Path) -> bool:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return math.prod(tif.series[0].shape) > TIFF_BLOCKWISE_ELEMENTS
+
+
+def _expand(paths: list[str]) -> list[tuple[Path, bool]]:
+    """``(path, is_zarr)`` for every input; folders that are not zarr are scanned."""
+    from ._cli_segment import collect_images
+    from .engine.blocks.source import is_zarr_path
+
+    out: list[tuple[Path, bool]] = []
+    for s in paths:
+        p = Path(s).expanduser()
+        if is_zarr_path(p):
+            out.append((p, True))
+        else:
+            out += [(f, False) for f in collect_images([s])]
+    return out
+
+
+def _out_for(src: Path, is_zarr: bool, out: str | None, n_inputs: int) -> Any:
+    stem = src.name.split(".")[0]
+    if out is not None and out.lower().endswith(".zarr"):
+        if n_inputs > 1:
+            raise ValueError(f"--out {out} names one zarr output but {n_inputs} inputs are "
+                             "blockwise: give a folder")
+        return out
+    if is_zarr:
+        from .engine.blocks.ome import read_ome
+        from .engine.blocks.source import require_zarr
+
+        node = require_zarr().open(str(src), mode="r")
+        if not hasattr(node, "shape") and read_ome(node) is not None:
+            if out is not None and ("/" in out or "\\" in out):
+                raise ValueError(f"for an OME-Zarr input --out names the label image "
+                                 f"(labels/NAME) or a .zarr path, got {out!r}")
+            return out  # label name (None: the default name)
+    folder = Path(out) if out is not None else src.parent
+    return folder / f"{stem}_masks.zarr"
+
+
+def blockwise_jobs(args: argparse.Namespace) -> list[BlockJob]:
+    """The blockwise jobs of a ``flowseg segment`` call ([] when it is not blockwise)."""
+    forced = getattr(args, "block_size", None) is not None
+    inputs = _expand(list(args.paths)) if args.paths else []
+    big = forced or any(z or (p.suffix.lower() in (".tif", ".tiff") and _is_big_tiff(p))
+                        for p, z in inputs)
+    if not big:
+        return []
+    if args.save_flows:
+        raise ValueError("--save-flows is not available for blockwise runs (zarr, OME-Zarr, "
+                         "big TIFF or --block-size inputs)")
+    n = len(inputs) + (1 if args.sample else 0)
+    jobs = []
+    if args.sample:
+        from .engine.samples import load_sample
+
+        img, info = load_sample(args.sample)
+        folder = Path(args.out) if args.out and not args.out.endswith(".zarr") else Path.cwd()
+        out = args.out if args.out and args.out.endswith(".zarr") and n == 1 else \
+            folder / f"sample_{args.sample}_masks.zarr"
+        jobs.append(BlockJob(f"sample {args.sample!r}", (img, info), out))
+    for p, z in inputs:
+        jobs.append(BlockJob(str(p), p, _out_for(p, z, args.out, n)))
+    return jobs
+
+
+def _read_small(path: Path) -> Any:
+    from ._cli_segment import read_image
+
+    return read_image(path)
+
+
+def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> int:
+    """Segment every input blockwise; returns the exit code."""
+    from tqdm import tqdm
+
+    from ._cli_segment import _Bars, _channels, _load_model
+    from .engine.blocks import ClusterOptions, segment_blocks
+
+    jobs = blockwise_jobs(args) if jobs is None else jobs
+    if args.scheduler and (args.workers or args.memory_limit):
+        raise ValueError("--workers and --memory-limit set up a local cluster; with "
+                         "--scheduler the running cluster decides")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.block_size is not None and args.block_size < 1:
+        raise ValueError(f"--block-size must be >= 1, got {args.block_size}")
+    cluster = ClusterOptions(address=args.scheduler, workers=args.workers,
+                             memory_limit=args.memory_limit)
+    diameter = args.diameter if args.diameter and args.diameter > 0 else None
+    if args.model == "auto":
+        raise ValueError("--model auto chooses per whole image; for blockwise inputs name "
+                         "the model (e.g. --model nuclei)")
+    model = _load_model(args.model, args.device)
+    print(f"model: {model}", file=sys.stderr)
+    if args.format != "tif":
+        print("note: blockwise outputs are zarr arrays; --format is ignored", file=sys.stderr)
+    bars = _Bars(not args.no_progress)
+    for job in jobs:
+        data, info = job.data, None
+        kw: dict[str, Any] = {"channels": _channels(args.channels),
+                                  "channel_axis": args.channel_axis, "z_axis": args.z_axis}
+        if isinstance(data, tuple):  # a bundled sample
+            data, info = data
+            kw["channels"] = kw["channels"] or info["channels"]
+            kw["channel_axis"] = info["channel_axis"]
+            if info["ndim"] == 3 and kw["z_axis"] is None:
+                kw["z_axis"] = 0
+        elif isinstance(data, Path) and data.suffix.lower() not in (".tif", ".tiff") \
+                and not data.is_dir():
+            data = _read_small(data)
+        three_d = bool(args.do_3d or args.stitch > 0)
+        block = args.block_size or _DEFAULT_BLOCK[3 if three_d else 2]
+        try:
+            res = segment_blocks(
+                data, model, block_size=block, overlap=args.overlap, diameter=diameter,
+                do_3d=args.do_3d, anisotropy=args.anisotropy, out=job.out,
+                overwrite=args.overwrite, cluster=cluster, skip_below=args.skip_below,
+                progress=bars, cellprob_threshold=args.cellprob_threshold,
+                flow_threshold=args.flow_threshold, min_size=args.min_size,
+                augment=args.augment, batch_size=args.batch_size,
+                stitch_threshold=args.stitch, **kw)
+        except (ValueError, FileExistsError, FileNotFoundError) as exc:
+            raise type(exc)(f"{job.label}: {exc}") from None
+        finally:
+            bars.close()
+        where = res.path if res.label_name is None else \
+            f"{res.path} (label image {res.label_name!r})"
+        tqdm.write(f"{job.label}: {res.n_objects} objects in {res.plan.n_blocks} blocks of "
+                   f"{'x'.join(map(str, res.plan.block_size))} ({res.n_skipped} skipped, "
+                   f"{res.n_merged} pieces joined across faces; diameter {res.diameter:.1f} px, "
+                   f"{res.diameter_source}; {res.seconds['total']:.1f} s, peak "
+                   f"{res.peak_rss_mb:.0f} MiB per worker) -> {where}", file=sys.stdout)
+    return 0

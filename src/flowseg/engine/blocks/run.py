@@ -1,0 +1,430 @@
+"""``segment_blocks``: segment an image of any size block by block on dask.distributed.
+
+Steps (each reported through :mod:`flowseg.engine.progress`, stages ``prepare``,
+``blocks``, ``merge``, ``write``):
+
+1. open the input (:mod:`~flowseg.engine.blocks.source`), measure the image-wide
+   normalisation and, unless given, the object diameter on a central crop
+   (:mod:`~flowseg.engine.blocks.prepare`);
+2. plan blocks overlapping by >= 2 diameters (:mod:`~flowseg.engine.blocks.plan`);
+3. on the workers, segment each padded block with :meth:`flowseg.Model.segment` at that
+   fixed diameter and store its labels in a scratch zarr array
+   (:mod:`~flowseg.engine.blocks.work`);
+4. match objects of neighbouring blocks where they overlap and join them
+   (:mod:`~flowseg.engine.blocks.merge`);
+5. on the workers, write each core with its final ids to the int32 output zarr array.
+
+No process ever holds more than a few blocks; the caller only handles per-block counts and
+the table of merged ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..progress import (
+    Cancelled,
+    CancelToken,
+    ProgressCallback,
+    check_cancel,
+    is_cancelled,
+    report,
+)
+from .cluster import ClusterOptions, open_client
+from .merge import DEFAULT_MATCH_IOU, global_luts
+from .plan import BlockPlan, make_plan
+from .prepare import (
+    blocks_in_mask,
+    estimate_central_diameter,
+    image_percentiles,
+    lohi_for,
+)
+from .source import open_source, require_zarr
+from .store import check_output, create_output, create_scratch, scratch_dir
+from .work import (
+    BlockOutcome,
+    FileFlag,
+    RunSpec,
+    match_block,
+    segment_block,
+    write_block,
+)
+
+__all__ = ["BlockResult", "segment_blocks", "task_memory"]
+
+#: Keyword arguments of Model.segment that blockwise runs pass on to every block.
+SEGMENT_OPTIONS = ("cellprob_threshold", "flow_threshold", "min_size", "niter", "augment",
+                   "tile_overlap", "batch_size", "bsize", "whole_max", "pad_extra",
+                   "sampling", "stitch_threshold")
+
+
+@dataclass
+class BlockResult:
+    """The outcome of :func:`segment_blocks`.
+
+    Attributes
+    ----------
+    path : str
+        The output zarr array.
+    labels : zarr.Array
+        The output, opened read-only (lazy: nothing is loaded).
+    n_objects : int
+        Objects in the image.
+    diameter : float
+        Diameter every block was segmented at.
+    diameter_source : str
+        ``"given"`` or how it was estimated.
+    plan : BlockPlan
+        Block geometry.
+    n_segmented, n_skipped : int
+        Blocks run through the network / skipped as empty.
+    n_merged : int
+        Object pieces joined across block faces.
+    seconds : dict
+        Wall time per stage and ``"total"``.
+    peak_rss_mb : float
+        Largest peak resident memory reported by a worker process (MiB).
+    label_name : str or None
+        Name of the OME-Zarr label image, when the output is one.
+    """
+
+    path: str
+    labels: Any
+    n_objects: int
+    diameter: float
+    diameter_source: str
+    plan: BlockPlan
+    n_segmented: int
+    n_skipped: int
+    n_merged: int
+    seconds: dict = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    label_name: str | None = None
+
+    def to_dask(self) -> Any:
+        """The labels as a lazy dask array."""
+        import dask.array as da
+
+        return da.from_zarr(self.labels)
+
+
+def task_memory(plan: BlockPlan, nchan: int, do_3d: bool) -> int:
+    """Rough peak bytes of one block task (network, flows and dynamics of a padded block).
+
+    Measured on CPU: about 0.5 GiB for the runtime and model plus 250 bytes per padded
+    pixel in 2D, 700 bytes per voxel in 3D (three network passes, 3D flows).
+    """
+    px = int(np.prod(plan.padded_max))
+    per = 700 if do_3d else 250
+    return int(2 ** 29 + px * (per + 8 * nchan))
+
+
+def _as_model(model: Any) -> Any:
+    from ..model import Model
+
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, Path)):
+        return Model.load(model)
+    raise TypeError(f"model must be a flowseg Model, a model name or a file, got "
+                    f"{type(model).__name__}")
+
+
+def _segment_kwargs(kwargs: dict) -> dict:
+    bad = sorted(set(kwargs) - set(SEGMENT_OPTIONS))
+    if bad:
+        raise TypeError(f"segment_blocks got unexpected keyword argument(s) {', '.join(bad)}; "
+                        f"Model.segment options it passes on: {', '.join(SEGMENT_OPTIONS)}")
+    return dict(kwargs)
+
+
+def _executing(dask_worker: Any) -> list[str]:
+    state = getattr(dask_worker, "state", None)
+    return [str(getattr(ts, "key", ts)) for ts in getattr(state, "executing", ())]
+
+
+def _drain(client: Any, prefix: str, timeout: float = 120.0) -> None:
+    """Wait until no worker still executes one of this run's tasks (after a cancel)."""
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        try:
+            running = client.run(_executing)
+        except Exception:  # noqa: BLE001 - cluster gone: nothing runs any more
+            return
+        if not any(k.startswith(prefix) for keys in running.values() for k in keys):
+            return
+        time.sleep(0.1)
+
+
+class _Stage:
+    """Submits one stage's tasks and gathers them with progress and cancel."""
+
+    def __init__(self, client: Any, run: str, progress: ProgressCallback | None,
+                 cancel: CancelToken) -> None:
+        self.client = client
+        self.run = run
+        self.progress = progress
+        self.cancel = cancel
+        self.futures: list[Any] = []
+        self._n = 0
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        self._n += 1
+        fut = self.client.submit(fn, *args, key=f"{self.run}-{fn.__name__}-{self._n}",
+                                 pure=False)
+        self.futures.append(fut)
+        return fut
+
+    def gather(self, futures: Sequence[Any], stage: str, message: str) -> list[Any]:
+        from distributed import wait
+
+        pending = set(futures)
+        total = len(futures)
+        out: dict[Any, Any] = {}
+        report(self.progress, stage, 0, total, message)
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=0.25, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            for f in done:
+                out[f.key] = _result(f)
+            if done:
+                report(self.progress, stage, total - len(pending), total, message)
+            if is_cancelled(self.cancel):
+                raise Cancelled("cancelled by the caller")
+        return [out[f.key] for f in futures]
+
+    def stop(self) -> None:
+        self.client.cancel(self.futures)
+        _drain(self.client, self.run)
+
+
+def _result(fut: Any) -> Any:
+    try:
+        return fut.result()
+    except Exception as exc:
+        if type(exc).__name__ == "KilledWorker":
+            raise MemoryError(
+                "a dask worker died while segmenting a block (most often: out of memory); "
+                "use a smaller block_size (--block-size), fewer workers, or a higher "
+                f"memory limit per worker ({exc})") from None
+        raise
+
+
+def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] = 1024,
+                   overlap: int | Sequence[int] | None = None,
+                   diameter: float | None = None, do_3d: bool = False,
+                   anisotropy: float | None = None, channels: Sequence | None = None,
+                   channel_axis: int | None = None, z_axis: int | None = None,
+                   normalize: Any = True, out: Any = None, overwrite: bool = False,
+                   client: Any = None, cluster: ClusterOptions | None = None,
+                   mask: Any = None, skip_below: float | None = None,
+                   match_iou: float = DEFAULT_MATCH_IOU, tmp_dir: str | None = None,
+                   progress: ProgressCallback | None = None, cancel: CancelToken = None,
+                   **segment_kwargs: Any) -> BlockResult:
+    """Segment an image block by block on dask.distributed; labels stream to a zarr array.
+
+    Parameters
+    ----------
+    data : np.ndarray, dask array, zarr array, str or Path
+        2D ``(Y, X[, C])`` or 3D ``(Z, Y, X[, C])`` image, or the path of a zarr array, an
+        OME-Zarr image (axes from its metadata) or a TIFF file (read through tifffile's zarr
+        interface, never whole).
+    model : Model, str or Path
+        A model, or a model name / file for :meth:`flowseg.Model.load`.
+    block_size : int or sequence of int
+        Core block size in pixels (per axis or one for all); at least one diameter,
+        best 8 or more (the overlap costs less).
+    overlap : int or sequence of int, optional
+        Margin read around each core (default 2 diameters, the minimum).
+    diameter : float, optional
+        Object diameter in pixels; None: estimated once on a central crop.
+    do_3d, anisotropy, channels, channel_axis, z_axis, normalize
+        As in :meth:`flowseg.Model.segment` (normalisation percentiles are measured on the
+        whole image once, not per block).
+    out : str, Path or None
+        Output ``.zarr`` path.  For an OME-Zarr input a plain name (default ``"flowseg"``)
+        writes the label image ``<input>/labels/<name>``.  None otherwise: a new folder in
+        the temporary directory.
+    overwrite : bool
+        Replace an existing output.
+    client : distributed.Client or str, optional
+        A client or a scheduler address; None: ``cluster`` decides (default: a LocalCluster
+        sized to this machine).
+    cluster : ClusterOptions, optional
+        Workers, memory limit per worker, threads (see
+        :class:`~flowseg.engine.blocks.cluster.ClusterOptions`).
+    mask : array-like, optional
+        Foreground mask (same spatial axes, any downsampled shape): blocks whose region
+        holds no foreground are skipped.
+    skip_below : float, optional
+        Skip blocks whose selected channels stay below this raw intensity.
+    match_iou : float
+        IoU at which two blocks' segmentations of an object cut by their face are joined.
+    tmp_dir : str, optional
+        Folder for the scratch array (default: beside the output); workers must see it.
+    progress, cancel
+        Progress callback and cancel token (:mod:`flowseg.engine.progress`).
+    **segment_kwargs
+        Passed to :meth:`flowseg.Model.segment` for every block (``cellprob_threshold``,
+        ``flow_threshold``, ``min_size``, ``niter``, ``augment``, ``batch_size``, ...).
+
+    Returns
+    -------
+    BlockResult
+
+    Raises
+    ------
+    ValueError, FileNotFoundError, FileExistsError
+        Bad input, geometry or output; :class:`~flowseg.engine.progress.Cancelled` when
+        cancelled (the partial output is removed).
+    """
+    from ..infer import check_diameter
+
+    t_start = time.perf_counter()
+    seg_kw = _segment_kwargs(segment_kwargs)
+    model = _as_model(model)
+    diameter = check_diameter(diameter)
+    if not 0.0 < float(match_iou) <= 1.0:
+        raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
+    stitch = float(seg_kw.get("stitch_threshold", 0.0))
+    src = open_source(data, channel_axis=channel_axis, z_axis=z_axis, do_3d=do_3d,
+                      stitch_threshold=stitch)
+    lay = src.layout
+    check_output(out, src.ome, overwrite)
+    chans = None if channels is None else tuple(channels)
+    norm = lohi_for(normalize, model)
+    report(progress, "prepare", 0, 2, "measuring the image's intensities")
+    lohi = None if norm is None else image_percentiles(src, model.nchan, chans, *norm,
+                                                       cancel=cancel)
+    report(progress, "prepare", 1, 2, "object size")
+    how = "given"
+    if diameter is None:
+        diameter, how = estimate_central_diameter(
+            model, src, chans, lohi, batch_size=int(seg_kw.get("batch_size", 8)),
+            cancel=cancel)
+    check_cancel(cancel)
+    plan = make_plan(lay.spatial_shape, block_size, overlap, diameter=diameter,
+                     anisotropy=anisotropy if lay.ndim == 3 else None)
+    keep = blocks_in_mask(mask, plan)
+    report(progress, "prepare", 2, 2, f"{plan.n_blocks} blocks of {plan.block_size}")
+    seconds = {"prepare": time.perf_counter() - t_start}
+    kw = dict(seg_kw, diameter=float(diameter), do_3d=bool(do_3d))
+    if anisotropy is not None:
+        kw["anisotropy"] = anisotropy
+    attrs = {"flowseg": {"model": str(model.meta.get("path") or model.meta.get("source", "")),
+                         "diameter": float(diameter), "diameter_source": how,
+                         "block_size": list(plan.block_size), "overlap": list(plan.overlap),
+                         "complete": False}}
+    target = create_output(out, lay, plan, src.ome, overwrite=overwrite, attributes=attrs)
+    scratch = create_scratch(plan, tmp_dir or scratch_dir(target))
+    flag = FileFlag(scratch.path + ".cancel")
+    spec = RunSpec(layout=lay, nchan=model.nchan, channels=chans, lohi=lohi,
+                   segment_kwargs=kw, scratch=scratch, flag=flag.path,
+                   skip_below=None if skip_below is None else float(skip_below))
+    threads_before = _threads()
+    try:
+        with open_client(client, cluster, need_per_worker=task_memory(plan, model.nchan, do_3d),
+                         gpu=model.device.type == "cuda") as (cl, threads):
+            spec = dataclasses.replace(spec, threads=threads)
+            stage = _Stage(cl, f"flowseg-{uuid.uuid4().hex[:10]}", progress, cancel)
+            try:
+                outcome = _run(stage, src, spec, plan, keep, model, target, float(match_iou),
+                               seconds)
+            except BaseException:
+                flag.set()
+                stage.stop()
+                raise
+    except BaseException:
+        target.discard()
+        raise
+    finally:
+        scratch.remove()
+        Path(flag.path).unlink(missing_ok=True)
+        _threads(threads_before)
+    n_objects, n_merged, outcomes = outcome
+    meta = dict(attrs["flowseg"], n_objects=n_objects, complete=True)
+    target.array.attrs.update({"flowseg": meta})
+    seconds["total"] = time.perf_counter() - t_start
+    zarr = require_zarr()
+
+    peak = max((o.peak_rss_mb for o in outcomes), default=0.0)
+    return BlockResult(
+        path=target.path, labels=zarr.open_array(target.path, mode="r"), n_objects=n_objects,
+        diameter=float(diameter), diameter_source=how, plan=plan,
+        n_segmented=sum(not o.skipped for o in outcomes),
+        n_skipped=sum(o.skipped for o in outcomes), n_merged=n_merged, seconds=seconds,
+        peak_rss_mb=peak, label_name=None if target.label_of is None else target.label_of[2])
+
+
+def _threads(restore: tuple[int, int] | None = None) -> tuple[int, int]:
+    """This process's (torch, numba) threads; with ``restore``, set them back first."""
+    import numba
+    import torch
+
+    if restore is not None:
+        if torch.get_num_threads() != restore[0]:
+            torch.set_num_threads(restore[0])
+        numba.set_num_threads(restore[1])
+    return torch.get_num_threads(), numba.get_num_threads()
+
+
+def _run(stage: _Stage, src: Any, spec: RunSpec, plan: BlockPlan, keep: dict, model: Any,
+         target: Any, match_iou: float, seconds: dict
+         ) -> tuple[int, int, list[BlockOutcome]]:
+    cl = stage.client
+    t0 = time.perf_counter()
+    model_f = cl.scatter(model, broadcast=True, hash=False)
+    data_f = cl.scatter(src.array, hash=False) if src.kind == "numpy" else src.array
+    blocks = list(plan)
+    futs, skipped = [], []
+    for b in blocks:
+        if not keep[b.index]:
+            skipped.append(BlockOutcome(b.index, 0, True))
+            continue
+        if src.kind == "dask":
+            region = cl.compute(src.array[spec.layout.raw_index(b.padded)])
+            futs.append(stage.submit(segment_block, spec, b, model_f, region, True))
+        else:
+            futs.append(stage.submit(segment_block, spec, b, model_f, data_f, False))
+    outcomes = stage.gather(futs, "blocks", "segmenting blocks") + skipped
+    seconds["blocks"] = time.perf_counter() - t0
+    # ---- merge: ids unique per block -> pairs across faces -> connected components
+    t0 = time.perf_counter()
+    by_index = {o.index: o for o in outcomes}
+    counts = [by_index[b.index].n_objects for b in blocks]
+    pos = {b.index: k for k, b in enumerate(blocks)}
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    mfuts, owners = [], []
+    for b in blocks:
+        if not counts[pos[b.index]]:
+            continue
+        nbs = [plan.block(j) for j in plan.forward_neighbours(b.index) if counts[pos[j]]]
+        if nbs:
+            mfuts.append(stage.submit(match_block, spec, b, nbs, match_iou))
+            owners.append(b.index)
+    edges = []
+    for owner, found in zip(owners, stage.gather(mfuts, "merge", "joining objects cut by "
+                                                               "block faces")):
+        for j, pairs in found:
+            edges.append(np.stack([pairs[:, 0] + offsets[pos[owner]],
+                                   pairs[:, 1] + offsets[pos[j]]], 1))
+    all_edges = np.concatenate(edges, 0) if edges else np.zeros((0, 2), np.int64)
+    luts, n_objects = global_luts(counts, all_edges)
+    seconds["merge"] = time.perf_counter() - t0
+    # ---- write the cores with their final ids
+    t0 = time.perf_counter()
+    wfuts = [stage.submit(write_block, spec, b, luts[pos[b.index]], target)
+             for b in blocks if counts[pos[b.index]]]
+    stage.gather(wfuts, "write", "writing labels")
+    seconds["write"] = time.perf_counter() - t0
+    return n_objects, int(sum(counts) - n_objects), outcomes

@@ -1,0 +1,212 @@
+"""The three tasks a worker runs: segment a block, match it with its neighbours, write it.
+
+They run in dask.distributed workers (other processes or machines), so they take only
+picklable arguments: the :class:`RunSpec` shared by all blocks, the :class:`Block`, and
+the model (sent once per worker by the caller).  Cancel reaches them through a flag file
+(:class:`FileFlag`) beside the scratch array, which every worker can see.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..progress import check_cancel
+from .merge import keep_core_objects, match_labels
+from .plan import Block
+from .prepare import normalize_block, prepare_block
+from .source import Layout
+from .store import OutputTarget, Scratch
+
+__all__ = [
+    "BlockOutcome",
+    "FileFlag",
+    "RunSpec",
+    "match_block",
+    "peak_rss_mb",
+    "segment_block",
+    "write_block",
+]
+
+
+class FileFlag:
+    """A cancel token (``is_set()``) that is set when a file exists."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def is_set(self) -> bool:
+        """Whether the flag file exists."""
+        return os.path.exists(self.path)
+
+    def set(self) -> None:
+        """Create the flag file."""
+        with open(self.path, "w", encoding="utf-8") as fh:
+            fh.write("cancel\n")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What every block task of one run shares.
+
+    Attributes
+    ----------
+    layout : Layout
+        Axes of the input array.
+    nchan : int
+        The network's input channels.
+    channels : tuple or None
+        ``(cyto, nucleus)`` channel indices, as in :meth:`flowseg.Model.segment`.
+    lohi : np.ndarray or None
+        ``(nchan, 2)`` image-wide normalisation percentiles (None: no normalisation).
+    segment_kwargs : dict
+        Keyword arguments of :meth:`flowseg.Model.segment` (diameter included).
+    scratch : Scratch
+        Where the padded labels go.
+    flag : str
+        Path of the cancel flag file.
+    skip_below : float or None
+        Skip blocks whose selected channels never reach this raw intensity.
+    threads : int or None
+        Torch / numba threads per task (None: leave the worker's setting).
+    """
+
+    layout: Layout
+    nchan: int
+    channels: tuple | None
+    lohi: np.ndarray | None
+    segment_kwargs: dict
+    scratch: Scratch
+    flag: str
+    skip_below: float | None = None
+    threads: int | None = None
+
+
+@dataclass
+class BlockOutcome:
+    """What a segmented block reports back (small)."""
+
+    index: tuple[int, ...]
+    n_objects: int = 0
+    skipped: bool = False
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    diameter_source: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (0 where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0.0
+    r = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return r / 2 ** 20 if sys.platform == "darwin" else r / 1024.0
+
+
+def _set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != int(n):
+        torch.set_num_threads(int(n))
+    try:
+        import numba
+
+        numba.set_num_threads(min(int(n), numba.config.NUMBA_NUM_THREADS))
+    except (ImportError, ValueError):  # pragma: no cover
+        pass
+
+
+def segment_block(spec: RunSpec, block: Block, model: Any, data: Any,
+                  preread: bool = False) -> BlockOutcome:
+    """Segment one padded block and store the labels of its core objects in the scratch.
+
+    Parameters
+    ----------
+    spec : RunSpec
+    block : Block
+    model : Model
+    data : array-like or np.ndarray
+        The input array (read here), or with ``preread`` the padded region already read
+        with ``spec.layout.raw_index(block.padded)``.
+    preread : bool
+        Whether ``data`` is the region itself.
+    """
+    flag = FileFlag(spec.flag)
+    check_cancel(flag)
+    _set_threads(spec.threads)
+    t0 = time.perf_counter()
+    lay = spec.layout
+    raw = data if preread else data[lay.raw_index(block.padded)]
+    region = lay.to_canonical(np.asarray(raw))
+    del raw
+    x = prepare_block(region, lay.ndim, lay.channel_axis is not None, spec.nchan, spec.channels)
+    del region
+    if spec.skip_below is not None and float(x.max(initial=-np.inf)) < spec.skip_below:
+        return BlockOutcome(block.index, 0, True, time.perf_counter() - t0, peak_rss_mb())
+    x = normalize_block(x, spec.lohi)
+    seg = model.segment(x, channels=(0, 1 if spec.nchan > 1 else None), channel_axis=-1,
+                        z_axis=0 if lay.ndim == 3 else None, normalize=False, cancel=flag,
+                        **spec.segment_kwargs)
+    del x
+    labels, n = keep_core_objects(seg.masks, block.core_in_padded)
+    source = str(seg.params.get("diameter_source", ""))
+    del seg
+    check_cancel(flag)
+    if n:
+        spec.scratch.array[spec.scratch.region(block)] = labels
+    return BlockOutcome(block.index, n, False, time.perf_counter() - t0, peak_rss_mb(),
+                        source)
+
+
+def _intersection(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | None:
+    out = []
+    for s, t in zip(a, b):
+        lo, hi = max(s.start, t.start), min(s.stop, t.stop)
+        if hi <= lo:
+            return None
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def match_block(spec: RunSpec, block: Block, neighbours: Sequence[Block],
+                threshold: float) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Pairs of the same object in ``block`` and each neighbour (IoU over their overlap).
+
+    Returns
+    -------
+    list of (neighbour index, (k, 2) local-id pairs ``(id in block, id in neighbour)``)
+    """
+    check_cancel(FileFlag(spec.flag))
+    mine = np.asarray(spec.scratch.array[spec.scratch.region(block)])
+    out = []
+    for nb in neighbours:
+        common = _intersection(block.padded, nb.padded)
+        if common is None:
+            continue
+        a = mine[tuple(slice(c.start - p.start, c.stop - p.start)
+                       for c, p in zip(common, block.padded))]
+        b = np.asarray(spec.scratch.array[spec.scratch.region(nb, common)])
+        pairs = match_labels(a, b, threshold)
+        if len(pairs):
+            out.append((nb.index, pairs))
+    return out
+
+
+def write_block(spec: RunSpec, block: Block, lut: np.ndarray, target: OutputTarget) -> int:
+    """Write ``block``'s core with final ids (``lut[local id]``); returns the pixels set."""
+    check_cancel(FileFlag(spec.flag))
+    core = _intersection(block.core, block.padded)
+    local = np.asarray(spec.scratch.array[spec.scratch.region(block, core)])
+    labels = np.asarray(lut, np.int32)[local]
+    target.put(block.core, labels)
+    return int(np.count_nonzero(labels))
