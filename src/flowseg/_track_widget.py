@@ -293,9 +293,11 @@ class TrackWidget(Container):
             self.viewer.layers.remove(old)
         placement = _layers.spatial_placement(source, req["channel_axis"])
         spatial = [a for a in range(source.ndim) if a != req["channel_axis"]]
-        if spatial.index(req["t_axis"]) != 0:
-            show_warning("the image's T axis is not its first axis: the (T, ...) results may "
-                         "not line up with it in the viewer")
+        cax = req["channel_axis"]
+        if spatial.index(req["t_axis"]) != 0 or (cax is not None and not source.rgb and cax != 0):
+            show_warning("napari lines up the (T, [Z,] Y, X) results with the image's last "
+                         "axes: put T first and the channel axis before it (or open the "
+                         "channels as separate layers) for an exact overlay")
         params = {"model": req["model"], "diameter": result.info.get("segment_diameter"),
                   "diameter_source": result.info.get("diameter_source"),
                   "link": result.info.get("params")}
@@ -345,5 +347,10 @@ class TrackWidget(Container):
     def _summary(result: Any) -> str:
         d = result.info.get("segment_diameter")
         size = f", diameter {d:.1f} px" if d else ""
-        return (f"{result.n_tracks} tracks, {result.n_divisions} divisions in "
-                f"{result.n_frames} frames{size}")
+        return (f"{_plural(result.n_tracks, 'track')}, "
+                f"{_plural(result.n_divisions, 'division')} in "
+                f"{_plural(result.n_frames, 'frame')}{size}")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
