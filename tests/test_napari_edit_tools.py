@@ -106,7 +106,8 @@ def test_measure_table_features_and_csv(make_napari_viewer, model_dir, sample, q
     assert ed.save_btn.enabled and ed.table.shape == (len(ids), len(table))
     assert list(lab.features["area_px"]) == list(table["area_px"])  # shown on hover
     out = ed.save_csv(tmp_path / "cells.csv")
-    rows = list(csv.reader(open(out)))
+    with open(out, newline="") as fh:
+        rows = list(csv.reader(fh))
     assert rows[0] == ["label", "area_px", "centroid_y", "centroid_x", "mean_intensity"]
     assert len(rows) == len(ids) + 1 and int(rows[k + 1][1]) == px.sum()
 
@@ -126,4 +127,5 @@ def test_measure_channels_3d_and_errors(tmp_path):
     with pytest.raises(ValueError, match="integers"):
         measure(lab.astype(float))
     path = write_csv(measure(lab), tmp_path / "t.csv")
-    assert open(path).read().splitlines()[0] == "label,area_px,centroid_z,centroid_y,centroid_x"
+    header = path.read_text().splitlines()[0]
+    assert header == "label,area_px,centroid_z,centroid_y,centroid_x"
