@@ -92,6 +92,8 @@ class BlockResult:
         Wall time per stage and ``"total"``.
     peak_rss_mb : float
         Largest peak resident memory reported by a worker process (MiB).
+    workers : int
+        Worker processes that segmented blocks.
     label_name : str or None
         Name of the OME-Zarr label image, when the output is one.
     """
@@ -107,6 +109,7 @@ class BlockResult:
     n_merged: int
     seconds: dict = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    workers: int = 0
     label_name: str | None = None
 
     def to_dask(self) -> Any:
@@ -363,7 +366,8 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] = 1
         diameter=float(diameter), diameter_source=how, plan=plan,
         n_segmented=sum(not o.skipped for o in outcomes),
         n_skipped=sum(o.skipped for o in outcomes), n_merged=n_merged, seconds=seconds,
-        peak_rss_mb=peak, label_name=None if target.label_of is None else target.label_of[2])
+        peak_rss_mb=peak, workers=len({o.worker for o in outcomes if not o.skipped}),
+        label_name=None if target.label_of is None else target.label_of[2])
 
 
 def _threads(restore: tuple[int, int] | None = None) -> tuple[int, int]:

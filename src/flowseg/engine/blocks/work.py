@@ -9,6 +9,7 @@ the model (sent once per worker by the caller).  Cancel reaches them through a f
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -97,8 +98,7 @@ class BlockOutcome:
     skipped: bool = False
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
-    diameter_source: str = ""
-    info: dict = field(default_factory=dict)
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 def peak_rss_mb() -> float:
@@ -159,13 +159,11 @@ def segment_block(spec: RunSpec, block: Block, model: Any, data: Any,
                         **spec.segment_kwargs)
     del x
     labels, n = keep_core_objects(seg.masks, block.core_in_padded)
-    source = str(seg.params.get("diameter_source", ""))
     del seg
     check_cancel(flag)
     if n:
         spec.scratch.array[spec.scratch.region(block)] = labels
-    return BlockOutcome(block.index, n, False, time.perf_counter() - t0, peak_rss_mb(),
-                        source)
+    return BlockOutcome(block.index, n, False, time.perf_counter() - t0, peak_rss_mb())
 
 
 def _intersection(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | None:
