@@ -58,11 +58,13 @@ def test_follows_active_image_and_restores_its_settings(make_napari_viewer, mode
     assert c.diameter.value == pytest.approx(17.0)  # the model's diam_labels is offered
     c.diameter.value = 21.0
     c.cyto.value, c.nucleus.value = 1, None
-    # a new image becomes the target, with its own defaults (nothing carried over)
+    # a new image becomes the target: axes and channels of its own; model and diameter
+    # as before, and the status says so
     b = viewer.add_image(sample.image[..., 0], name="b")
     assert c.image.value is b
-    assert c.diameter.value == pytest.approx(17.0) and c.channel_axis.value is None
-    assert "b:" in c.status.value and "17" in c.status.value  # says what it will use
+    assert c.channel_axis.value is None and c.nucleus.value is None
+    assert (c.model.value, c.diameter.value) == (tiny, 21.0)
+    assert c.status.value.startswith("b: model tiny, diameter 21 px (as for 'a'")
     c.model.value = trained_path
     assert c.diameter.value == pytest.approx(23.5)  # diam_train wins over diam_labels
     # back to a: its settings come back; then b's

@@ -3,8 +3,9 @@
 :class:`PanelState` makes the Segment tab follow the active layer (an image, or one of our
 outputs, which stands for its image), stores the controls' values per image layer when
 another image is picked and restores them when it comes back.  An image seen for the first
-time gets its axes guessed from its shape and the chosen model's default diameter --
-nothing is carried over silently from the previous image.
+time gets its axes guessed from its shape, and the model and diameter shown before (the
+model's default diameter for the very first image); the status line says so -- nothing is
+carried over silently.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class PanelState:
         self.panel = panel
         self.quiet = False  # True while the panel sets its own widgets
         self.shown: Any = None  # the image layer whose settings the controls show
+        self.last_shown: str | None = None  # name of the image shown before
 
     @contextmanager
     def quietly(self) -> Iterator[None]:
@@ -92,14 +94,17 @@ class PanelState:
         if layer is None:
             return
         stored = self.session.settings.get(Session.key(layer))
-        new = stored is None
-        if new:
-            stored = default_settings(layer, model=p.model.value, diameter=self.default_diameter())
+        new, before = stored is None, self.last_shown
+        if new:  # the model and diameter of the image shown before, said out loud
+            d = p.diameter.value if before is not None else self.default_diameter()
+            stored = default_settings(layer, model=p.model.value, diameter=d)
         self.apply(layer, stored)
+        self.last_shown = layer.name
         self.show_result(layer)
         if new and not p.busy and self.session.current(layer) is None:
+            origin = f" (as for {before!r}: change them if this image differs)" if before else ""
             p.status.value = (f"{layer.name}: model {p.models.label_of(p.model.value)}, "
-                              f"diameter {p.diameter.value:g} px. Press Run.")
+                              f"diameter {p.diameter.value:g} px{origin}. Press Run.")
 
     def apply(self, layer: Any, s: ImageSettings) -> None:
         """Show the settings ``s`` of ``layer`` in the controls."""
