@@ -60,6 +60,9 @@ class PairCosts:
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._linked: set[int] = set()
+        # fast path: laptrack asks for one pair of frames at a time, (N1 x N2) calls in a row
+        self._fast_key: tuple[float, float] = (-1.0, -1.0)
+        self._fast_rows: list = []
 
     def matrices(self, t1: int, t2: int) -> tuple[np.ndarray, np.ndarray]:
         """``(link cost, division cost)`` matrices between frames ``t1 < t2``."""
@@ -91,6 +94,9 @@ class PairCosts:
 
     def link(self, u: np.ndarray, v: np.ndarray, **_: object) -> float:
         """Frame-to-frame and gap-closing cost between nodes ``u = (t, i)`` and ``v``."""
+        (ta, ia), (tb, ib) = u.tolist(), v.tolist()
+        if (ta, tb) == self._fast_key:
+            return self._fast_rows[int(ia)][int(ib)]
         t1, i1, t2, i2 = self._unpack(u, v)
         if t2 == t1 + 1 and t1 not in self._linked:
             self._linked.add(t1)
@@ -99,7 +105,10 @@ class PairCosts:
                    "linking frames")
         if t1 == t2:
             return np.inf
-        return float(self.matrices(t1, t2)[0][i1, i2])
+        cost = self.matrices(t1, t2)[0]
+        if t2 == t1 + 1 and ta < tb:  # the frame-to-frame step: many calls for this pair
+            self._fast_key, self._fast_rows = (ta, tb), cost.tolist()
+        return float(cost[i1, i2])
 
     def division(self, u: np.ndarray, v: np.ndarray, **_: object) -> float:
         """Cost of the later node being a daughter of the earlier one (one frame apart)."""
