@@ -153,7 +153,10 @@ def run_track(args: argparse.Namespace) -> int:
         if args.gt:
             from .engine.tracking.evaluate import ctc_scores
 
-            sc = ctc_scores(folder, args.gt)
+            try:
+                sc = ctc_scores(folder, args.gt)
+            except ImportError as exc:  # an optional dependency: say how to get it
+                raise ValueError(str(exc)) from None
             if not sc.get("Valid"):
                 raise ValueError(f"py-ctcmetrics found the result in {folder} invalid")
             print("scores: " + ", ".join(f"{k} {sc[k]:.4f}" for k in ("TRA", "DET", "SEG")
