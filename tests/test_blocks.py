@@ -256,3 +256,44 @@ def test_cli_ome_zarr_label_name_and_errors(image, client, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert main(args + ["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- napari side
+def test_lazy_multiscale_image_from_ome_zarr(model, image, blockwise, tmp_path):
+    """What the widget calls for a zarr-backed multiscale layer: a new label image each run,
+    read lazily; no client given, so it starts its own in-process workers."""
+    import dask.array as da
+    import zarr
+
+    from flowseg.engine.blocks.lazy import default_output, needs_blockwise, segment_lazy
+
+    g = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": p, "coordinateTransformations": [
+            {"type": "scale", "scale": [s, s]}]} for p, s in (("0", 1.0), ("1", 2.0))]}]
+    g.create_array("0", shape=image.shape, chunks=(128, 128), dtype=image.dtype)[...] = image
+    g.create_array("1", shape=(144, 144), chunks=(128, 128), dtype=image.dtype)[...] = \
+        image[::2, ::2]
+    levels = [da.from_zarr(str(tmp_path / "img.zarr" / p)) for p in ("0", "1")]
+    assert needs_blockwise(levels) and needs_blockwise(levels[0])
+    assert not needs_blockwise(image)
+    events = ProgressCollector()
+    res = segment_lazy(levels, model, source_path=tmp_path / "img.zarr", block_size=BLOCK,
+                       diameter=DIAM, progress=events)
+    assert res.label_name == "flowseg"
+    # its own workers run torch with other thread counts: float rounding moves a few pixels
+    lab, ref = res.to_dask().compute(), np.asarray(blockwise[0].labels)
+    assert np.mean(lab != ref) < 1e-3
+    assert average_precision(ref, lab, thresholds=(0.9,))[0] >= 0.99
+    assert events.stages()[-1] == "write"
+    assert default_output(tmp_path / "img.zarr", image.shape) == (tmp_path / "img.zarr",
+                                                                  "flowseg-2")
+    # a layer whose axes differ from the group's (e.g. one channel split off) and a file
+    assert default_output(tmp_path / "img.zarr", (3, *image.shape)) == \
+        (None, tmp_path / "img_masks.zarr")
+    (tmp_path / "cells.tif").write_bytes(b"")
+    (tmp_path / "cells_masks.zarr").mkdir()
+    assert default_output(tmp_path / "cells.tif", image.shape) == \
+        (None, tmp_path / "cells_masks-2.zarr")
+    assert default_output(None, image.shape) == (None, None)

@@ -22,9 +22,10 @@ from typing import Any
 
 __all__ = ["TIFF_BLOCKWISE_ELEMENTS", "add_block_args", "blockwise_jobs", "run_blocks"]
 
-#: TIFF images with more elements than this (64 Mi, e.g. 8192 x 8192) are read blockwise.
+#: TIFF images with more elements than this (64 Mi, e.g. 8192 x 8192) are read blockwise
+#: (the engine's ``flowseg.engine.blocks.lazy.BLOCKWISE_ELEMENTS``; not imported here so
+#: that ``flowseg --help`` stays fast).
 TIFF_BLOCKWISE_ELEMENTS = 1 << 26
-_DEFAULT_BLOCK = {2: 1024, 3: 256}
 
 
 def add_block_args(p: argparse.ArgumentParser) -> None:
@@ -174,11 +175,9 @@ def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> 
         elif isinstance(data, Path) and data.suffix.lower() not in (".tif", ".tiff") \
                 and not data.is_dir():
             data = _read_small(data)
-        three_d = bool(args.do_3d or args.stitch > 0)
-        block = args.block_size or _DEFAULT_BLOCK[3 if three_d else 2]
         try:
             res = segment_blocks(
-                data, model, block_size=block, overlap=args.overlap, diameter=diameter,
+                data, model, block_size=args.block_size, overlap=args.overlap, diameter=diameter,
                 do_3d=args.do_3d, anisotropy=args.anisotropy, out=job.out,
                 overwrite=args.overwrite, cluster=cluster, skip_below=args.skip_below,
                 progress=bars, cellprob_threshold=args.cellprob_threshold,

@@ -7,7 +7,7 @@ int32 labels to a zarr array.
 
 Modules
 -------
-plan     the block grid (cores and overlapping padded regions)
+plan     the block grid (cores and overlapping padded regions), default block sizes
 source   inputs: arrays, zarr / OME-Zarr paths, TIFF through tifffile's zarr interface
 ome      OME-Zarr (NGFF 0.4 / 0.5) metadata and ``labels/`` images
 prepare  image-wide normalisation, diameter estimate, foreground mask
@@ -17,6 +17,8 @@ merge    unique ids, IoU matching across faces, connected components
 cluster  LocalCluster sized to the machine, or an existing scheduler
 run      the orchestration
 quality  objects split at block faces (for tests and benchmarks)
+lazy     for callers holding a lazy image (the napari widget): when to go blockwise, where
+         to write
 """
 
 from .cluster import ClusterOptions

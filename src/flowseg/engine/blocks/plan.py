@@ -14,7 +14,11 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["MIN_OVERLAP_DIAMETERS", "Block", "BlockPlan", "default_overlap", "make_plan"]
+__all__ = [
+    "DEFAULT_BLOCK_SIZE","MIN_OVERLAP_DIAMETERS", "Block", "BlockPlan", "default_overlap", "make_plan"]
+
+#: Default core block edge per number of spatial axes (2D: 1024 px, 3D: 256 voxels).
+DEFAULT_BLOCK_SIZE = {2: 1024, 3: 256}
 
 #: Overlap must be at least this many object diameters (an object cut by a core face then
 #: lies whole inside both neighbours' padded regions).

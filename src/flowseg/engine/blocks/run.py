@@ -40,7 +40,7 @@ from ..progress import (
 )
 from .cluster import ClusterOptions, open_client
 from .merge import DEFAULT_MATCH_IOU, global_luts
-from .plan import BlockPlan, make_plan
+from .plan import DEFAULT_BLOCK_SIZE, BlockPlan, make_plan
 from .prepare import (
     blocks_in_mask,
     estimate_central_diameter,
@@ -223,7 +223,7 @@ def _result(fut: Any) -> Any:
         raise
 
 
-def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] = 1024,
+def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | None = None,
                    overlap: int | Sequence[int] | None = None,
                    diameter: float | None = None, do_3d: bool = False,
                    anisotropy: float | None = None, channels: Sequence | None = None,
@@ -244,9 +244,10 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] = 1
         interface, never whole).
     model : Model, str or Path
         A model, or a model name / file for :meth:`flowseg.Model.load`.
-    block_size : int or sequence of int
+    block_size : int or sequence of int, optional
         Core block size in pixels (per axis or one for all); at least one diameter,
-        best 8 or more (the overlap costs less).
+        best 8 or more (the overlap costs less).  Default
+        :data:`~flowseg.engine.blocks.plan.DEFAULT_BLOCK_SIZE` (1024 in 2D, 256 in 3D).
     overlap : int or sequence of int, optional
         Margin read around each core (default 2 diameters, the minimum).
     diameter : float, optional
@@ -316,6 +317,8 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] = 1
             model, src, chans, lohi, batch_size=int(seg_kw.get("batch_size", 8)),
             cancel=cancel)
     check_cancel(cancel)
+    if block_size is None:
+        block_size = DEFAULT_BLOCK_SIZE[lay.ndim]
     plan = make_plan(lay.spatial_shape, block_size, overlap, diameter=diameter,
                      anisotropy=anisotropy if lay.ndim == 3 else None)
     keep = blocks_in_mask(mask, plan)
