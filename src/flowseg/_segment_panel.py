@@ -265,9 +265,8 @@ class SegmentPanel(SegmentForm):
             if res.masks not in self.viewer.layers:
                 return
             now = self.results.update(res, new, mode)
-            n = int(len(np.unique(np.asarray(now.masks.data))) - 1)
-            text = f"{n} cells (thresholds updated"
-            text += f", {res.n_edited_objects()} corrected cells kept)" if res.edited else ")"
+            n = int(np.count_nonzero(np.unique(np.asarray(now.masks.data))))
+            text = f"{n} cells (thresholds updated{'; your corrections kept' * res.edited})"
             if now is not res:
                 text = f"{n} cells in the new layer {now.masks.name!r}; your corrected " \
                        f"{res.masks.name!r} is unchanged"
@@ -280,9 +279,8 @@ class SegmentPanel(SegmentForm):
 
     def _on_edited(self, res: Any) -> None:
         if self.session.current(self.image.value) is res and not self.busy:
-            self.status.value = (f"{res.n_edited_objects()} cells corrected in "
-                                 f"{res.masks.name!r}: they are kept on re-run and threshold "
-                                 "changes")
+            self.status.value = (f"Your corrections in {res.masks.name!r} are kept when you "
+                                 "run again or change a threshold.")
 
     def close_jobs(self) -> None:
         """Cancel every running job and drop the preview (the dock is closing)."""

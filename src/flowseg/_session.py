@@ -147,12 +147,6 @@ class Result:
         return bool(self.changed_pixels().any()) or (
             self.protected is not None and bool(self.protected.any()))
 
-    def n_edited_objects(self) -> int:
-        """Number of objects the user touched (their labels now in the layer)."""
-        prot = self.sync_edits()
-        labels = np.unique(np.asarray(self.masks.data)[prot])
-        return int((labels > 0).sum())
-
     def mark_written(self, data: np.ndarray) -> None:
         """Record ``data`` as what the plugin wrote into the masks layer."""
         self.written = np.array(data, copy=True)
