@@ -32,6 +32,7 @@ class FrameOracle:
 
     def segment(self, image, *, cancel=None, diameter=None, **kw):
         self.calls += 1
+        self.kwargs = kw
         for _ in range(5):
             check_cancel(cancel)
             time.sleep(self.delay / 5)
@@ -87,6 +88,7 @@ def test_run_gives_tracked_labels_and_lineage(make_napari_viewer, qtbot, movie, 
     qtbot.waitUntil(lambda: not w.job.running, timeout=TIMEOUT)
     assert errors == []
     assert oracle.calls == 8
+    assert oracle.kwargs["cellprob_threshold"] == 0.0 and oracle.kwargs["flow_threshold"] == 0.4
     frames = [e.done for e in w.job.events if e.stage == "frames"]
     assert frames == list(range(1, 9))  # progress per frame
     (labels,) = _outputs(viewer, layer, "track_labels")

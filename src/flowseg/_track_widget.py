@@ -103,6 +103,10 @@ class TrackWidget(Container):
         self.diameter = FloatSpinBox(label="diameter (px)", min=0.0, max=2000.0, step=1.0,
                                      value=0.0, tooltip="one diameter for every frame; 0 = "
                                                         "estimate it once from the movie")
+        self.cellprob = FloatSpinBox(label="cellprob threshold", min=-6.0, max=6.0, step=0.1,
+                                     value=0.0)
+        self.flow_threshold = FloatSpinBox(label="flow threshold", min=0.0, max=3.0, step=0.05,
+                                           value=0.4)
         self.do_3d = CheckBox(text="3D frames (segment each volume)", value=False)
         self.max_gap = SpinBox(label="max gap (frames)", min=0, max=10, value=2,
                                tooltip="frames a cell may be missed and keep its id")
@@ -122,7 +126,8 @@ class TrackWidget(Container):
         buttons = Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal",
                             labels=False)
         self.extend([self.image, self.t_axis, self.channel_axis, self.z_axis, self.cyto,
-                     self.nucleus, self.model, self.diameter, self.do_3d, self.max_gap,
+                     self.nucleus, self.model, self.diameter, self.cellprob,
+                     self.flow_threshold, self.do_3d, self.max_gap,
                      self.max_distance, self.divisions, self.device, buttons, self.relink_btn,
                      self.bar, self.status])
         self.image.changed.connect(self._on_image_changed)
@@ -222,7 +227,9 @@ class TrackWidget(Container):
         return {"layer": layer, "data": data, "t_axis": t, "channel_axis": c, "z_axis": z,
                 "channels": channels, "model": str(model), "device": self.device.value,
                 "diameter": float(self.diameter.value) or None,
-                "do_3d": bool(self.do_3d.value and z is not None), "link": self.link_params()}
+                "do_3d": bool(self.do_3d.value and z is not None), "link": self.link_params(),
+                "cellprob_threshold": float(self.cellprob.value),
+                "flow_threshold": float(self.flow_threshold.value)}
 
     # ------------------------------------------------------------------ running
     def run(self) -> Any:
@@ -244,7 +251,9 @@ class TrackWidget(Container):
             return track(model, req["data"], t_axis=req["t_axis"],
                          diameter=req["diameter"], link=req["link"], channels=req["channels"],
                          channel_axis=req["channel_axis"], z_axis=req["z_axis"],
-                         do_3d=req["do_3d"], progress=progress, cancel=cancel)
+                         do_3d=req["do_3d"], cellprob_threshold=req["cellprob_threshold"],
+                         flow_threshold=req["flow_threshold"], progress=progress,
+                         cancel=cancel)
 
         return self.job.start(work, on_done=lambda res: self._show(req, res),
                               message="Loading the model")
