@@ -7,8 +7,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flowseg._inputs import (Axes, check_axes, default_anisotropy, diameter_from_shapes,
-                             guess_axes)
+from flowseg._inputs import (
+    Axes,
+    check_axes,
+    default_anisotropy,
+    diameter_from_shapes,
+    guess_axes,
+)
 from flowseg._layers import flow_vectors
 
 

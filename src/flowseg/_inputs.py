@@ -8,12 +8,19 @@ a message the widget shows as a notification.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Axes", "guess_axes", "check_axes", "n_channels", "default_anisotropy",
-           "diameter_from_shapes", "layer_kind"]
+__all__ = [
+    "Axes",
+    "check_axes",
+    "default_anisotropy",
+    "diameter_from_shapes",
+    "guess_axes",
+    "layer_kind",
+    "n_channels",
+]
 
 MAX_CHANNELS = 8
 
@@ -22,8 +29,8 @@ MAX_CHANNELS = 8
 class Axes:
     """Roles of the axes of an image layer's data (``None``: the layer has no such axis)."""
 
-    channel_axis: Optional[int] = None
-    z_axis: Optional[int] = None
+    channel_axis: int | None = None
+    z_axis: int | None = None
 
 
 def layer_kind(layer: Any) -> str:

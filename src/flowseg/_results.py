@@ -100,7 +100,7 @@ class ResultLayers:
                       ("cellprob_threshold", "flow_threshold", "min_size")
                       if k in new_seg.params}}
         if not res.edited:
-            layer.data = new_seg.masks
+            layer.data = np.array(new_seg.masks, copy=True)  # the layer's own, edited in place
             res.mark_written(new_seg.masks)
         elif mode == UNTOUCHED:
             data = np.asarray(layer.data)
