@@ -127,11 +127,14 @@ def test_ome_zarr_input_gets_a_labels_group(model, image, blockwise, client, tmp
         {"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
         {"name": "y", "type": "space", "unit": "micrometer"},
         {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 1.0, 0.65, 0.65]}]}]}]
-    a = g.create_array("0", shape=(1, 1, *image.shape), chunks=(1, 1, 128, 128),
-                       dtype=image.dtype, chunk_key_encoding={"name": "v2", "separator": "/"})
-    a[...] = image[None, None]
+        "datasets": [{"path": p, "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, s, s]}]} for p, s in (("0", 0.65),
+                                                                         ("1", 1.3))]}]
+    for path, step in (("0", 1), ("1", 2)):
+        a = g.create_array(path, shape=(1, 1, *image[::step, ::step].shape),
+                           chunks=(1, 1, 128, 128), dtype=image.dtype,
+                           chunk_key_encoding={"name": "v2", "separator": "/"})
+        a[...] = image[None, None, ::step, ::step]
     res = segment_blocks(tmp_path / "img.zarr", model, block_size=BLOCK, diameter=DIAM,
                          out="nuclei", client=client)
     assert res.label_name == "nuclei"
@@ -139,10 +142,15 @@ def test_ome_zarr_input_gets_a_labels_group(model, image, blockwise, client, tmp
     assert dict(g["labels"].attrs)["labels"] == ["nuclei"]
     ms = dict(g["labels/nuclei"].attrs)["multiscales"][0]
     assert [ax["name"] for ax in ms["axes"]] == ["t", "y", "x"]
-    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.65, 0.65]
+    assert [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]] == \
+        [[1.0, 0.65, 0.65], [1.0, 1.3, 1.3]]  # the image's pyramid, without c
     lab = np.asarray(g["labels/nuclei/0"])
     assert lab.shape == (1, *image.shape) and lab.dtype == np.int32
     np.testing.assert_array_equal(lab[0], np.asarray(blockwise[0].labels))
+    low = g["labels/nuclei/1"]
+    assert low.metadata.dimension_separator == "/"
+    np.testing.assert_array_equal(np.asarray(low), lab[:, ::2, ::2])
+    assert [lv.shape for lv in res.pyramid()] == [(1, 288, 288), (1, 144, 144)]
     with pytest.raises(FileExistsError, match="labels/nuclei exists"):
         segment_blocks(tmp_path / "img.zarr", model, block_size=BLOCK, diameter=DIAM,
                        out="nuclei", client=client)
@@ -276,17 +284,17 @@ def test_lazy_multiscale_image_from_ome_zarr(model, image, blockwise, tmp_path):
     g.create_array("1", shape=(144, 144), chunks=(128, 128), dtype=image.dtype)[...] = \
         image[::2, ::2]
     levels = [da.from_zarr(str(tmp_path / "img.zarr" / p)) for p in ("0", "1")]
-    assert needs_blockwise(levels) and needs_blockwise(levels[0])
-    assert not needs_blockwise(image)
+    assert needs_blockwise(levels) and needs_blockwise(da.zeros((5000, 5000), chunks=1000))
+    assert not needs_blockwise(levels[0]) and not needs_blockwise(image)  # small: whole
     events = ProgressCollector()
     res = segment_lazy(levels, model, source_path=tmp_path / "img.zarr", block_size=BLOCK,
                        diameter=DIAM, progress=events)
-    assert res.label_name == "flowseg"
+    assert res.label_name == "flowseg" and len(res.pyramid()) == 2
     # its own workers run torch with other thread counts: float rounding moves a few pixels
     lab, ref = res.to_dask().compute(), np.asarray(blockwise[0].labels)
     assert np.mean(lab != ref) < 1e-3
     assert average_precision(ref, lab, thresholds=(0.9,))[0] >= 0.99
-    assert events.stages()[-1] == "write"
+    assert events.stages()[-2:] == ["write", "pyramid"]
     assert default_output(tmp_path / "img.zarr", image.shape) == (tmp_path / "img.zarr",
                                                                   "flowseg-2")
     # a layer whose axes differ from the group's (e.g. one channel split off) and a file

@@ -210,6 +210,23 @@ def test_ome_zarr_axes_and_labels_metadata(tmp_path, zarr_format):
     assert (attrs["labels"] if zarr_format == 2 else attrs["ome"]["labels"]) == []
 
 
+def test_label_levels_follow_whole_image_scale_factors():
+    from flowseg.engine.blocks.ome import OmeImage
+    from flowseg.engine.blocks.pyramid import level_factors
+
+    def lv(path, *scale):
+        return (path, ({"type": "scale", "scale": list(scale)},))
+
+    ome = OmeImage("x", "0.4", 2, ("c", "z", "y", "x"), "0", levels=(
+        lv("0", 1, 2.0, 0.5, 0.5), lv("1", 1, 2.0, 1.0, 1.0), lv("2", 1, 4.0, 2.0, 2.0),
+        lv("3", 1, 4.0, 3.0, 3.0), lv("4", 1, 4.0, 4.0, 4.0)))
+    # level 3 is 6x (not a power of 2 but whole), then 8x; 1.5x would stop the pyramid
+    assert level_factors(ome) == [(1, 2, 2), (2, 4, 4), (2, 6, 6), (2, 8, 8)]
+    odd = OmeImage("x", "0.4", 2, ("y", "x"), "0", levels=(lv("0", 1.0, 1.0),
+                                                           lv("1", 1.5, 1.5)))
+    assert level_factors(odd) == []
+
+
 def test_time_series_must_be_split(tmp_path):
     _write_ome(tmp_path / "ts.zarr", np.zeros((3, 20, 20), np.uint8), "tyx")
     with pytest.raises(ValueError, match="3 time points"):

@@ -15,7 +15,10 @@ store    output array and scratch array
 work     the worker tasks (segment, match, write)
 merge    unique ids, IoU matching across faces, connected components
 cluster  LocalCluster sized to the machine, or an existing scheduler
-run      the orchestration
+run      the orchestration (``segment_blocks``)
+stage    submitting / gathering a run's dask tasks with progress and cancel
+result   ``BlockResult``
+pyramid  lower-resolution levels of an OME-Zarr label image
 quality  objects split at block faces (for tests and benchmarks)
 lazy     for callers holding a lazy image (the napari widget): when to go blockwise, where
          to write

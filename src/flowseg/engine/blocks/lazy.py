@@ -22,21 +22,32 @@ from .cluster import ClusterOptions, machine_cores
 from .run import BlockResult, segment_blocks
 from .source import is_zarr_path
 
-__all__ = ["BLOCKWISE_ELEMENTS", "default_output", "needs_blockwise", "segment_lazy"]
+__all__ = [
+    "BLOCKWISE_ELEMENTS",
+    "LAZY_BLOCKWISE_ELEMENTS",
+    "default_output",
+    "needs_blockwise",
+    "segment_lazy",
+]
 
-#: In-memory (numpy) images with more elements than this (64 Mi, e.g. 8192 x 8192) are
-#: segmented blockwise too: the in-memory path would need tens of GB.
+#: Images with more elements than this (64 Mi, e.g. 8192 x 8192) are segmented blockwise
+#: even when they are in memory: the in-memory path would need tens of GB.
 BLOCKWISE_ELEMENTS = 1 << 26
+#: Lazy (dask / zarr) images with more elements than this (16 Mi, 4096 x 4096) are
+#: segmented blockwise; smaller ones are loaded and segmented whole (which keeps the flows
+#: for re-thresholding without the network).
+LAZY_BLOCKWISE_ELEMENTS = 1 << 24
 
 
 def needs_blockwise(data: Any) -> bool:
-    """Whether an image should be segmented blockwise: a dask / zarr array (or a list of
-    them: a multiscale image), or a numpy array over :data:`BLOCKWISE_ELEMENTS`."""
+    """Whether an image should be segmented blockwise: a multiscale image (a list of
+    levels), a dask / zarr array over :data:`LAZY_BLOCKWISE_ELEMENTS`, or any array over
+    :data:`BLOCKWISE_ELEMENTS`."""
     if isinstance(data, (list, tuple)):
         return True
-    if isinstance(data, np.ndarray):
-        return data.size > BLOCKWISE_ELEMENTS
-    return type(data).__module__.split(".")[0] in ("dask", "zarr")
+    size = int(np.prod(getattr(data, "shape", ())))
+    lazy = type(data).__module__.split(".")[0] in ("dask", "zarr")
+    return size > (LAZY_BLOCKWISE_ELEMENTS if lazy else BLOCKWISE_ELEMENTS)
 
 
 def _ome_group(path: Path) -> Path | None:

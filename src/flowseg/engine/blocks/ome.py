@@ -13,7 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OmeImage", "create_label_array", "label_exists", "read_ome", "remove_label"]
+__all__ = [
+    "OmeImage",
+    "array_options",
+    "create_label_array",
+    "label_exists",
+    "label_transforms",
+    "read_ome",
+    "remove_label",
+    "set_label_datasets",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,8 @@ class OmeImage:
         Path of the full-resolution array inside the group.
     transforms : tuple of dict
         Coordinate transformations of that dataset (scale, translation).
+    levels : tuple of (str, tuple of dict)
+        Every resolution level: dataset path and its transformations (level 0 first).
     """
 
     path: str
@@ -42,6 +53,7 @@ class OmeImage:
     axes: tuple[str, ...]
     dataset: str
     transforms: tuple[dict, ...] = ()
+    levels: tuple[tuple[str, tuple[dict, ...]], ...] = ()
 
 
 def _ome_attrs(group: Any) -> tuple[dict, str]:
@@ -87,11 +99,12 @@ def read_ome(group: Any) -> OmeImage | None:
     if len(names) != arr.ndim:
         raise ValueError(f"{_path(group)}: OME-Zarr axes {names} do not match the "
                          f"{arr.ndim}-D array {level0['path']!r}")
+    levels = tuple((str(d["path"]), tuple(dict(t) for t in d.get("coordinateTransformations",
+                                                                   [])))
+                   for d in datasets if "path" in d)
     return OmeImage(path=_path(group), version=version,
                     zarr_format=int(group.metadata.zarr_format), axes=names,
-                    dataset=str(level0["path"]),
-                    transforms=tuple(dict(t) for t in level0.get("coordinateTransformations",
-                                                                  [])))
+                    dataset=levels[0][0], transforms=levels[0][1], levels=levels)
 
 
 def _path(node: Any) -> str:
@@ -115,10 +128,12 @@ def _axes_meta(ome: OmeImage) -> list[dict]:
     return out
 
 
-def _transforms(ome: OmeImage) -> list[dict]:
+def label_transforms(ome: OmeImage, transforms: tuple[dict, ...] | None = None
+                     ) -> list[dict]:
+    """Coordinate transformations of the label image (level 0, or the given ones)."""
     keep = _label_axes(ome)
     out = []
-    for t in ome.transforms:
+    for t in ome.transforms if transforms is None else transforms:
         key = t.get("type")
         if key in ("scale", "translation") and isinstance(t.get(key), list):
             out.append({"type": key, key: [t[key][k] for k in keep]})
@@ -160,13 +175,9 @@ def create_label_array(image_group: Any, ome: OmeImage, name: str, shape: tuple[
         raise ValueError(f"label name must be a plain name (no '/'), got {name!r}")
     labels = image_group.require_group("labels")
     multiscale = {"name": name, "axes": _axes_meta(ome),
-                  "datasets": [{"path": "0", "coordinateTransformations": _transforms(ome)}]}
+                  "datasets": [{"path": "0", "coordinateTransformations": label_transforms(ome)}]}
     image_label = {"version": ome.version, "source": {"image": "../../"}}
-    kw: dict[str, Any] = {}
-    if ome.zarr_format == 2:
-        kw["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-    else:
-        kw["dimension_names"] = [a["name"] for a in _axes_meta(ome)]
+    kw = array_options(ome)
     group = labels.create_group(name, overwrite=True)
     if ome.zarr_format == 2:
         multiscale["version"] = ome.version
@@ -178,6 +189,24 @@ def create_label_array(image_group: Any, ome: OmeImage, name: str, shape: tuple[
                              attributes=dict(attributes or {}), **kw)
     _set_label_list(labels, ome, add=name)
     return arr
+
+
+def array_options(ome: OmeImage) -> dict[str, Any]:
+    """``create_array`` options of a label array in the image's format (NGFF 0.4: chunk
+    keys separated by ``/``; zarr 3: dimension names)."""
+    if ome.zarr_format == 2:
+        return {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    return {"dimension_names": [a["name"] for a in _axes_meta(ome)]}
+
+
+def set_label_datasets(label_group: Any, ome: OmeImage, datasets: list[dict]) -> None:
+    """Replace the ``datasets`` (resolution levels) of a label image's metadata."""
+    attrs = dict(label_group.attrs)
+    holder = dict(attrs["ome"]) if ome.zarr_format == 3 else attrs
+    ms = [dict(m) for m in holder["multiscales"]]
+    ms[0]["datasets"] = datasets
+    holder["multiscales"] = ms
+    label_group.attrs.update({"ome": holder} if ome.zarr_format == 3 else holder)
 
 
 def _set_label_list(labels: Any, ome: OmeImage, *, add: str | None = None,

@@ -1,7 +1,7 @@
 """``segment_blocks``: segment an image of any size block by block on dask.distributed.
 
 Steps (each reported through :mod:`flowseg.engine.progress`, stages ``prepare``,
-``blocks``, ``merge``, ``write``):
+``blocks``, ``merge``, ``write`` and, for an OME-Zarr label image, ``pyramid``):
 
 1. open the input (:mod:`~flowseg.engine.blocks.source`), measure the image-wide
    normalisation and, unless given, the object diameter on a central crop
@@ -12,7 +12,8 @@ Steps (each reported through :mod:`flowseg.engine.progress`, stages ``prepare``,
    (:mod:`~flowseg.engine.blocks.work`);
 4. match objects of neighbouring blocks where they overlap and join them
    (:mod:`~flowseg.engine.blocks.merge`);
-5. on the workers, write each core with its final ids to the int32 output zarr array.
+5. on the workers, write each core with its final ids to the int32 output zarr array
+   (and an OME-Zarr label image's lower resolutions, :mod:`~flowseg.engine.blocks.pyramid`).
 
 No process ever holds more than a few blocks; the caller only handles per-block counts and
 the table of merged ids.
@@ -24,20 +25,12 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..progress import (
-    Cancelled,
-    CancelToken,
-    ProgressCallback,
-    check_cancel,
-    is_cancelled,
-    report,
-)
+from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .cluster import ClusterOptions, open_client
 from .merge import DEFAULT_MATCH_IOU, global_luts
 from .plan import DEFAULT_BLOCK_SIZE, BlockPlan, make_plan
@@ -47,7 +40,9 @@ from .prepare import (
     image_percentiles,
     lohi_for,
 )
+from .result import BlockResult
 from .source import open_source, require_zarr
+from .stage import Stage
 from .store import check_output, create_output, create_scratch, scratch_dir
 from .work import (
     BlockOutcome,
@@ -64,59 +59,6 @@ __all__ = ["BlockResult", "segment_blocks", "task_memory"]
 SEGMENT_OPTIONS = ("cellprob_threshold", "flow_threshold", "min_size", "niter", "augment",
                    "tile_overlap", "batch_size", "bsize", "whole_max", "pad_extra",
                    "sampling", "stitch_threshold")
-
-
-@dataclass
-class BlockResult:
-    """The outcome of :func:`segment_blocks`.
-
-    Attributes
-    ----------
-    path : str
-        The output zarr array.
-    labels : zarr.Array
-        The output, opened read-only (lazy: nothing is loaded).
-    n_objects : int
-        Objects in the image.
-    diameter : float
-        Diameter every block was segmented at.
-    diameter_source : str
-        ``"given"`` or how it was estimated.
-    plan : BlockPlan
-        Block geometry.
-    n_segmented, n_skipped : int
-        Blocks run through the network / skipped as empty.
-    n_merged : int
-        Object pieces joined across block faces.
-    seconds : dict
-        Wall time per stage and ``"total"``.
-    peak_rss_mb : float
-        Largest peak resident memory reported by a worker process (MiB).
-    workers : int
-        Worker processes that segmented blocks.
-    label_name : str or None
-        Name of the OME-Zarr label image, when the output is one.
-    """
-
-    path: str
-    labels: Any
-    n_objects: int
-    diameter: float
-    diameter_source: str
-    plan: BlockPlan
-    n_segmented: int
-    n_skipped: int
-    n_merged: int
-    seconds: dict = field(default_factory=dict)
-    peak_rss_mb: float = 0.0
-    workers: int = 0
-    label_name: str | None = None
-
-    def to_dask(self) -> Any:
-        """The labels as a lazy dask array."""
-        import dask.array as da
-
-        return da.from_zarr(self.labels)
 
 
 def task_memory(plan: BlockPlan, nchan: int, do_3d: bool) -> int:
@@ -149,80 +91,6 @@ def _segment_kwargs(kwargs: dict) -> dict:
     return dict(kwargs)
 
 
-def _executing(dask_worker: Any) -> list[str]:
-    state = getattr(dask_worker, "state", None)
-    return [str(getattr(ts, "key", ts)) for ts in getattr(state, "executing", ())]
-
-
-def _drain(client: Any, prefix: str, timeout: float = 120.0) -> None:
-    """Wait until no worker still executes one of this run's tasks (after a cancel)."""
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        try:
-            running = client.run(_executing)
-        except Exception:  # noqa: BLE001 - cluster gone: nothing runs any more
-            return
-        if not any(k.startswith(prefix) for keys in running.values() for k in keys):
-            return
-        time.sleep(0.1)
-
-
-class _Stage:
-    """Submits one stage's tasks and gathers them with progress and cancel."""
-
-    def __init__(self, client: Any, run: str, progress: ProgressCallback | None,
-                 cancel: CancelToken) -> None:
-        self.client = client
-        self.run = run
-        self.progress = progress
-        self.cancel = cancel
-        self.futures: list[Any] = []
-        self._n = 0
-
-    def submit(self, fn: Any, *args: Any) -> Any:
-        self._n += 1
-        fut = self.client.submit(fn, *args, key=f"{self.run}-{fn.__name__}-{self._n}",
-                                 pure=False)
-        self.futures.append(fut)
-        return fut
-
-    def gather(self, futures: Sequence[Any], stage: str, message: str) -> list[Any]:
-        from distributed import wait
-
-        pending = set(futures)
-        total = len(futures)
-        out: dict[Any, Any] = {}
-        report(self.progress, stage, 0, total, message)
-        while pending:
-            try:
-                done, pending = wait(pending, timeout=0.25, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            for f in done:
-                out[f.key] = _result(f)
-            if done:
-                report(self.progress, stage, total - len(pending), total, message)
-            if is_cancelled(self.cancel):
-                raise Cancelled("cancelled by the caller")
-        return [out[f.key] for f in futures]
-
-    def stop(self) -> None:
-        self.client.cancel(self.futures)
-        _drain(self.client, self.run)
-
-
-def _result(fut: Any) -> Any:
-    try:
-        return fut.result()
-    except Exception as exc:
-        if type(exc).__name__ == "KilledWorker":
-            raise MemoryError(
-                "a dask worker died while segmenting a block (most often: out of memory); "
-                "use a smaller block_size (--block-size), fewer workers, or a higher "
-                f"memory limit per worker ({exc})") from None
-        raise
-
-
 def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | None = None,
                    overlap: int | Sequence[int] | None = None,
                    diameter: float | None = None, do_3d: bool = False,
@@ -241,7 +109,8 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
     data : np.ndarray, dask array, zarr array, str or Path
         2D ``(Y, X[, C])`` or 3D ``(Z, Y, X[, C])`` image, or the path of a zarr array, an
         OME-Zarr image (axes from its metadata) or a TIFF file (read through tifffile's zarr
-        interface, never whole).
+        interface, never whole).  A numpy array is sent to the workers whole: for images
+        that do not fit in memory give a zarr / dask array or a path.
     model : Model, str or Path
         A model, or a model name / file for :meth:`flowseg.Model.load`.
     block_size : int or sequence of int, optional
@@ -342,7 +211,7 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
         with open_client(client, cluster, need_per_worker=task_memory(plan, model.nchan, do_3d),
                          gpu=model.device.type == "cuda") as (cl, threads):
             spec = dataclasses.replace(spec, threads=threads)
-            stage = _Stage(cl, f"flowseg-{uuid.uuid4().hex[:10]}", progress, cancel)
+            stage = Stage(cl, f"flowseg-{uuid.uuid4().hex[:10]}", progress, cancel)
             try:
                 outcome = _run(stage, src, spec, plan, keep, model, target, float(match_iou),
                                seconds)
@@ -357,7 +226,7 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
         scratch.remove()
         Path(flag.path).unlink(missing_ok=True)
         _threads(threads_before)
-    n_objects, n_merged, outcomes = outcome
+    n_objects, n_merged, outcomes, levels = outcome
     meta = dict(attrs["flowseg"], n_objects=n_objects, complete=True)
     target.array.attrs.update({"flowseg": meta})
     seconds["total"] = time.perf_counter() - t_start
@@ -370,7 +239,8 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
         n_segmented=sum(not o.skipped for o in outcomes),
         n_skipped=sum(o.skipped for o in outcomes), n_merged=n_merged, seconds=seconds,
         peak_rss_mb=peak, workers=len({o.worker for o in outcomes if not o.skipped}),
-        label_name=None if target.label_of is None else target.label_of[2])
+        label_name=None if target.label_of is None else target.label_of[2],
+        levels=tuple(levels))
 
 
 def _threads(restore: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -385,9 +255,9 @@ def _threads(restore: tuple[int, int] | None = None) -> tuple[int, int]:
     return torch.get_num_threads(), numba.get_num_threads()
 
 
-def _run(stage: _Stage, src: Any, spec: RunSpec, plan: BlockPlan, keep: dict, model: Any,
+def _run(stage: Stage, src: Any, spec: RunSpec, plan: BlockPlan, keep: dict, model: Any,
          target: Any, match_iou: float, seconds: dict
-         ) -> tuple[int, int, list[BlockOutcome]]:
+         ) -> tuple[int, int, list[BlockOutcome], list[str]]:
     cl = stage.client
     t0 = time.perf_counter()
     model_f = cl.scatter(model, broadcast=True, hash=False)
@@ -400,11 +270,13 @@ def _run(stage: _Stage, src: Any, spec: RunSpec, plan: BlockPlan, keep: dict, mo
             continue
         if src.kind == "dask":
             region = cl.compute(src.array[spec.layout.raw_index(b.padded)])
+            stage.futures.append(region)  # cancelled with the rest
             futs.append(stage.submit(segment_block, spec, b, model_f, region, True))
         else:
             futs.append(stage.submit(segment_block, spec, b, model_f, data_f, False))
     outcomes = stage.gather(futs, "blocks", "segmenting blocks") + skipped
     seconds["blocks"] = time.perf_counter() - t0
+    seconds["block_tasks"] = float(sum(o.seconds for o in outcomes))  # summed over workers
     # ---- merge: ids unique per block -> pairs across faces -> connected components
     t0 = time.perf_counter()
     by_index = {o.index: o for o in outcomes}
@@ -434,4 +306,14 @@ def _run(stage: _Stage, src: Any, spec: RunSpec, plan: BlockPlan, keep: dict, mo
              for b in blocks if counts[pos[b.index]]]
     stage.gather(wfuts, "write", "writing labels")
     seconds["write"] = time.perf_counter() - t0
-    return n_objects, int(sum(counts) - n_objects), outcomes
+    levels = [target.path]
+    if target.label_of is not None and len(target.label_of[1].levels) > 1:
+        from .pyramid import write_label_levels
+
+        gpath, ome, name = target.label_of
+        report(stage.progress, "pyramid", 0, 1, "writing lower resolutions")
+        group = require_zarr().open_group(f"{gpath}/labels/{name}", mode="r+")
+        levels = [f"{gpath}/labels/{name}/{p}"
+                  for p in write_label_levels(cl, group, target.array, ome)]
+        report(stage.progress, "pyramid", 1, 1, "writing lower resolutions")
+    return n_objects, int(sum(counts) - n_objects), outcomes, levels

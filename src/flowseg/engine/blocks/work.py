@@ -203,8 +203,7 @@ def match_block(spec: RunSpec, block: Block, neighbours: Sequence[Block],
 def write_block(spec: RunSpec, block: Block, lut: np.ndarray, target: OutputTarget) -> int:
     """Write ``block``'s core with final ids (``lut[local id]``); returns the pixels set."""
     check_cancel(FileFlag(spec.flag))
-    core = _intersection(block.core, block.padded)
-    local = np.asarray(spec.scratch.array[spec.scratch.region(block, core)])
+    local = np.asarray(spec.scratch.array[spec.scratch.region(block, block.core)])
     labels = np.asarray(lut, np.int32)[local]
     target.put(block.core, labels)
     return int(np.count_nonzero(labels))
