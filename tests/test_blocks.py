@@ -305,3 +305,12 @@ def test_lazy_multiscale_image_from_ome_zarr(model, image, blockwise, tmp_path):
     assert default_output(tmp_path / "cells.tif", image.shape) == \
         (None, tmp_path / "cells_masks-2.zarr")
     assert default_output(None, image.shape) == (None, None)
+
+
+def test_diameter_is_estimated_once_on_a_central_crop(model, image, client, tmp_path):
+    assert model.size_model is not None
+    res = segment_blocks(image, model, block_size=144, out=tmp_path / "d.zarr", client=client)
+    assert res.diameter_source == "estimated on a central 288x288 crop"
+    assert 0.8 * DIAM <= res.diameter <= 1.25 * DIAM
+    assert res.plan.overlap == (int(np.ceil(2 * res.diameter)),) * 2
+    assert dict(res.labels.attrs)["flowseg"]["diameter"] == res.diameter
