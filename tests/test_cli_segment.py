@@ -64,6 +64,7 @@ def test_segment_auto_chooses_per_image(tmp_path, monkeypatch, capsys):
     bundled = tmp_path / "bundled"  # a tiny style reference instead of the bundled models
     bundled.mkdir()
     Model.new(width=4, seed=0).save(bundled / "nuclei.pt")
+    Model.new(width=3, seed=1).save(bundled / "cyto.pt")
     monkeypatch.setattr(registry, "bundled_model_dir", lambda: bundled)
     user = tmp_path / "user"
     user.mkdir()

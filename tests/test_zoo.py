@@ -20,10 +20,12 @@ DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture
 def tiny_zoo(tmp_path, monkeypatch):
-    """A tiny untrained 'nuclei' reference as the only bundled model, an empty user folder."""
+    """Tiny untrained 'nuclei' and 'cyto' references as the bundled models, an empty user
+    folder."""
     bundled = tmp_path / "bundled"
     bundled.mkdir()
     Model.new(width=4, seed=0).save(bundled / "nuclei.pt")
+    Model.new(width=3, seed=1).save(bundled / "cyto.pt")
     monkeypatch.setattr(registry, "bundled_model_dir", lambda: bundled)
     user = tmp_path / "user"
     user.mkdir()
@@ -49,10 +51,13 @@ def test_training_style_counts_repeats(tiny_zoo):
     st = zoo.training_style([a, a, b])
     sa, sb = zoo.image_style(a), zoo.image_style(b)
     assert np.linalg.norm(sa) == pytest.approx(1.0, abs=1e-5)
-    assert st["n"] == 3 and st["size"] == zoo.DEFAULT_SIZE and st["reference"] == ["nuclei"]
+    assert st["n"] == 3 and st["size"] == zoo.DEFAULT_SIZE
+    assert st["reference"] == list(zoo.DEFAULT_REFERENCE) == ["nuclei", "cyto"]
     assert np.allclose(st["centroid"], (2 * sa + sb) / 3, atol=1e-6)
-    ref = Model.load(registry.bundled_model_dir() / "nuclei.pt")
-    assert st["fingerprint"] == [zoo.weights_fingerprint(ref.net.state_dict())]
+    assert np.allclose(zoo.training_style([a, a.copy(), b])["centroid"], st["centroid"])
+    refs = [Model.load(registry.bundled_model_dir() / f"{n}.pt") for n in st["reference"]]
+    assert st["fingerprint"] == [zoo.weights_fingerprint(m.net.state_dict()) for m in refs]
+    assert sa.shape == (8 * 4 + 8 * 3,)  # both reference styles, concatenated
     spread = np.mean([np.linalg.norm(s - np.asarray(st["centroid"])) for s in (sa, sa, sb)])
     assert st["spread"] == pytest.approx(spread)
     with pytest.raises(ValueError, match="at least one image"):
@@ -67,7 +72,7 @@ def test_image_style_of_volumes_and_big_images(tiny_zoo):
     assert np.allclose(zoo.image_style(big, size=96), zoo.image_style(a, size=96), atol=1e-4)
     assert not np.allclose(zoo.image_style(big, size=None), zoo.image_style(a), atol=1e-3)
     with pytest.raises(ValueError, match="not a bundled model"):
-        zoo.image_style(a, reference=("cyto",))
+        zoo.image_style(a, reference=("nope",))
 
 
 def test_choose_model_picks_the_nearest_centroid(tiny_zoo):
@@ -88,7 +93,7 @@ def test_choose_model_picks_the_nearest_centroid(tiny_zoo):
 def test_centroids_of_another_reference_are_left_out(tiny_zoo):
     a, _ = _images()
     good = zoo.training_style([a])
-    _user_model(tiny_zoo, "stale", {**good, "fingerprint": ["0" * 16]})
+    _user_model(tiny_zoo, "stale", {**good, "fingerprint": ["0" * 16, "1" * 16]})
     with pytest.warns(UserWarning, match="'stale'.*another reference"), \
             pytest.raises(ValueError, match="no model with a style centroid"):
         zoo.choose_model(a)

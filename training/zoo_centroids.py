@@ -74,15 +74,21 @@ def _held_out(data: Path, sets: dict[str, dict]) -> dict[str, list]:
     return groups
 
 
-def _style_table(items: list, reference: tuple[str, ...], size: int) -> dict[str, np.ndarray]:
-    out = {}
+def _style_table(items: list, reference: tuple[str, ...], size: int,
+                 cache: Path | None = None) -> dict[str, np.ndarray]:
+    """Style of each named image (read from / written to ``cache/<ref>_<size>.npz``)."""
+    f = cache / f"{'+'.join(reference)}_{size}.npz" if cache is not None else None
+    out = dict(np.load(f)) if f is not None and f.is_file() else {}
     for name, img in items:
         if name not in out:
             out[name] = zoo.image_style(img, size=size, reference=reference)
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(f, **out)
     return out
 
 
-def compare(data: Path, sizes: list[int]) -> None:
+def compare(data: Path, sizes: list[int], cache: Path | None = None) -> None:
     """Print the nearest-centroid pick rates of each reference and size."""
     sets = training_lists(data)
     groups = _held_out(data, sets)
@@ -99,7 +105,7 @@ def compare(data: Path, sizes: list[int]) -> None:
                 uniq.update(dict(train_items[m]))
             for g in groups.values():
                 uniq.update({f"held/{n}": im for n, im in g})
-            per_ref[ref] = _style_table(list(uniq.items()), (ref,), size)
+            per_ref[ref] = _style_table(list(uniq.items()), (ref,), size, cache)
             print(f"size {size}, reference {ref}: {len(uniq)} styles in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
         for space in ("nuclei", "cyto", "nuclei+cyto"):
@@ -151,10 +157,12 @@ def main() -> None:
     p.add_argument("--compare", action="store_true", help="measure references and sizes")
     p.add_argument("--sizes", type=int, nargs="+", default=[zoo.DEFAULT_SIZE])
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="--compare: keep the computed styles in this folder (reruns are fast)")
     a = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if a.compare:
-        compare(Path(a.data), a.sizes)
+        compare(Path(a.data), a.sizes, a.cache)
     else:
         write(Path(a.data), a.dry_run)
 
