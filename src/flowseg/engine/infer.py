@@ -29,7 +29,8 @@ from .transforms import find_channel_axis, normalize_percentile, prepare_channel
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
 
-__all__ = ["segment", "prepare_input", "check_diameter", "default_niter"]
+__all__ = ["segment", "prepare_input", "check_diameter", "default_niter", "normalize_arg",
+           "spatial_ndim"]
 
 Normalize = Union[bool, Sequence[float]]
 WHOLE_MAX = 1024 * 1024
@@ -54,8 +55,13 @@ def default_niter(diameter: float, diam_mean: float) -> int:
     return max(20, int(round(200.0 * diameter / diam_mean)))
 
 
-def _spatial_ndim(image: np.ndarray, channel_axis: Optional[int], z_axis: Optional[int],
+def spatial_ndim(image: np.ndarray, channel_axis: Optional[int], z_axis: Optional[int],
                   do_3d: bool, stitch_threshold: float) -> int:
+    """Spatial axes (2 or 3) of an image with these settings, as ``segment`` decides them.
+
+    ``image`` needs only ``ndim`` and ``shape``.  Raises ValueError for fewer than 2 or
+    more than 4 axes, and for 3D settings on an image without a z axis.
+    """
     nd = image.ndim
     if nd < 2:
         raise ValueError(f"image must have at least 2 axes (Y, X), got shape {image.shape}")
@@ -81,7 +87,8 @@ def _spatial_ndim(image: np.ndarray, channel_axis: Optional[int], z_axis: Option
         return 3  # (Z, Y, X) stack without a small axis: slice by slice
 
 
-def _normalize_arg(normalize: Normalize, model: "Model") -> Optional[tuple[float, float]]:
+def normalize_arg(normalize: Normalize, model: "Model") -> Optional[tuple[float, float]]:
+    """The ``(lo, hi)`` percentiles ``normalize`` asks for (None: no normalisation)."""
     if normalize is True:
         return model.normalize
     if normalize is False or normalize is None:
@@ -104,7 +111,7 @@ def prepare_input(model: "Model", image: np.ndarray, *, channels=None, channel_a
         raise ValueError(f"image must be a numeric array, got dtype {image.dtype}")
     if np.iscomplexobj(image):
         raise ValueError("image must be real-valued, got a complex array")
-    sdim = _spatial_ndim(image, channel_axis, z_axis, do_3d, stitch_threshold)
+    sdim = spatial_ndim(image, channel_axis, z_axis, do_3d, stitch_threshold)
     x = prepare_channels(image, channels, channel_axis, nchan=model.nchan, spatial_ndim=sdim,
                          z_axis=z_axis)
     if x.size == 0 or min(x.shape[:-1]) == 0:
@@ -112,7 +119,7 @@ def prepare_input(model: "Model", image: np.ndarray, *, channels=None, channel_a
     if not np.isfinite(x).all():
         raise ValueError("image contains NaN or infinite values in the selected channels; "
                          "replace them (e.g. np.nan_to_num) before segmenting")
-    pr = _normalize_arg(normalize, model)
+    pr = normalize_arg(normalize, model)
     if pr is not None:
         x = normalize_percentile(x, pr[0], pr[1], channel_axis=-1)
     return x, sdim

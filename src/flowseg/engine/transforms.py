@@ -30,12 +30,13 @@ __all__ = [
     "to_channels_last",
     "prepare_channels",
     "from_cellpose_channels",
+    "channel_percentiles",
 ]
 
 _MAX_PERCENTILE_SAMPLES = 1 << 22
 
 
-def _percentiles(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+def channel_percentiles(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     """``lo``/``hi`` percentiles of ``x``, on a regular subsample when ``x`` is huge."""
     flat = x.reshape(-1)
     if flat.size > _MAX_PERCENTILE_SAMPLES:
@@ -76,7 +77,7 @@ def normalize_percentile(img: np.ndarray, lo: float = 1.0, hi: float = 99.0,
         out_m = np.moveaxis(out, channel_axis, -1)
         views = [out_m[..., c] for c in range(out_m.shape[-1])]
     for v in views:
-        p_lo, p_hi = _percentiles(v, lo, hi)
+        p_lo, p_hi = channel_percentiles(v, lo, hi)
         if p_hi - p_lo > 1e-3:
             v -= p_lo
             v *= 1.0 / (p_hi - p_lo)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..progress import CancelToken, ProgressCallback, check_cancel
-from ..transforms import _percentiles, prepare_channels
+from ..transforms import channel_percentiles, prepare_channels
 from .plan import BlockPlan
 from .source import Source
 
@@ -85,7 +85,7 @@ def image_percentiles(source: Source, nchan: int, channels: Sequence[int | None]
     if not np.isfinite(flat).all():
         raise ValueError(f"{source.name}: image contains NaN or infinite values in the "
                          "selected channels; replace them before segmenting")
-    return np.array([_percentiles(flat[:, c], lo, hi) for c in range(nchan)], np.float64)
+    return np.array([channel_percentiles(flat[:, c], lo, hi) for c in range(nchan)], np.float64)
 
 
 def normalize_block(x: np.ndarray, lohi: np.ndarray | None) -> np.ndarray:
@@ -151,9 +151,9 @@ def estimate_central_diameter(model: Model, source: Source,
 
 def lohi_for(normalize: Any, model: Model) -> tuple[float, float] | None:
     """The percentile pair ``normalize`` asks for (None: no normalisation)."""
-    from ..infer import _normalize_arg
+    from ..infer import normalize_arg
 
-    return _normalize_arg(normalize, model)
+    return normalize_arg(normalize, model)
 
 
 def blocks_in_mask(mask: Any, plan: BlockPlan) -> dict[tuple[int, ...], bool]:

@@ -227,7 +227,7 @@ def _named_axes(names: Sequence[str], shape: Sequence[int]) -> dict | None:
 
 def _layout(shape: tuple[int, ...], channel_axis: int | None, z_axis: int | None,
             fixed: Sequence[int], do_3d: bool, stitch_threshold: float) -> Layout:
-    from ..infer import _spatial_ndim
+    from ..infer import spatial_ndim
 
     fixed = sorted(int(a) for a in fixed)
     kept = [a for a in range(len(shape)) if a not in fixed]
@@ -244,7 +244,7 @@ def _layout(shape: tuple[int, ...], channel_axis: int | None, z_axis: int | None
         return kept.index(a)
 
     c_sub, z_sub = to_sub(channel_axis, "channel_axis"), to_sub(z_axis, "z_axis")
-    sdim = _spatial_ndim(SimpleNamespace(ndim=len(sub), shape=sub), c_sub, z_sub, do_3d,
+    sdim = spatial_ndim(SimpleNamespace(ndim=len(sub), shape=sub), c_sub, z_sub, do_3d,
                          stitch_threshold)
     if c_sub is None:
         c_sub = find_channel_axis(sub, sdim)
