@@ -46,6 +46,10 @@ STAGE_WORDS = {
     "train": "Training",
     "epoch": "Training",
     "validate": "Checking the new model",
+    "blocks": "Finding cells block by block",
+    "merge": "Joining cells across blocks",
+    "write": "Writing labels",
+    "pyramid": "Writing lower resolutions",
 }
 
 Describe = Callable[[ProgressEvent], str]

@@ -19,6 +19,7 @@ __all__ = [
     "META_KEY",
     "find_outputs",
     "flow_vectors",
+    "is_blockwise",
     "output_layer_data",
     "role_of",
     "source_of",
@@ -44,6 +45,13 @@ def role_of(layer: Any) -> str | None:
     meta = getattr(layer, "metadata", None) or {}
     info = meta.get(META_KEY)
     return info.get("role") if isinstance(info, dict) else None
+
+
+def is_blockwise(layer: Any) -> bool:
+    """Whether ``layer`` is a block-by-block result (labels in a zarr file, no flows)."""
+    info = (getattr(layer, "metadata", None) or {}).get(META_KEY)
+    params = info.get("params") if isinstance(info, dict) else None
+    return isinstance(params, dict) and bool(params.get("blockwise"))
 
 
 def source_of(layer: Any) -> str | None:

@@ -174,8 +174,11 @@ class PanelState:
         p = self.panel
         res = self.session.current(layer)
         if res is None:
+            blocks = self.session.current_blocks(layer)
             if not p.busy:
-                p.status.value = f"{layer.name}: not segmented yet"
+                p.status.value = f"{layer.name}: not segmented yet" if blocks is None else (
+                    f"{layer.name}: {blocks.n_objects} cells in {blocks.masks.name!r} "
+                    f"(block by block, saved in {blocks.path})")
             return
         with self.quietly():
             for name, key in (("cellprob", "cellprob_threshold"),

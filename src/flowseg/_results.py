@@ -9,6 +9,9 @@ layers.  Its rules:
   not touch (written with ``Labels.data_setitem``, so napari's undo covers it) or go to a
   new masks layer (``AFTER_EDITS``).
 * Flow vectors and probability images are hidden by default.
+* A block-by-block result (:meth:`ResultLayers.add_blocks`) is a Labels layer reading its
+  zarr output lazily (one level per resolution of the output); it has no flow layers, and
+  it is never removed by a later run (its labels are a file the user may want).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from psygnal import Signal
 
 from . import _layers
-from ._session import Result, Session, merge_untouched
+from ._session import BlockRecord, Result, Session, merge_untouched
 
 __all__ = ["AFTER_EDITS", "NEW_LAYER", "UNTOUCHED", "ResultLayers"]
 
@@ -53,12 +56,7 @@ class ResultLayers:
         and were therefore not replaced.
         """
         viewer = self.viewer
-        kept = []
-        for old in _layers.find_outputs(viewer.layers, source):
-            if _layers.role_of(old) == "masks" and self._is_edited(old):
-                kept.append(old)
-            else:
-                viewer.layers.remove(old)
+        kept = self._clear_outputs(source)
         placement = _layers.spatial_placement(source, channel_axis)
         made = {}
         for data, kwargs, kind in _layers.output_layer_data(seg, source, placement, params):
@@ -73,6 +71,49 @@ class ResultLayers:
         self._watch(res)
         self.session.add(res)
         return res, kept
+
+    def _clear_outputs(self, source: Any) -> list:
+        """Remove the earlier outputs of ``source`` except corrected masks layers (returned)
+        and block-by-block results (files, kept as they are)."""
+        kept = []
+        for old in _layers.find_outputs(self.viewer.layers, source):
+            if _layers.is_blockwise(old):
+                continue
+            if _layers.role_of(old) == "masks" and self._is_edited(old):
+                kept.append(old)
+            else:
+                self.viewer.layers.remove(old)
+        return kept
+
+    def add_blocks(self, source: Any, result: Any, params: dict, channel_axis: int | None
+                   ) -> tuple[BlockRecord, list]:
+        """Show a block-by-block result (:class:`~flowseg.engine.blocks.BlockResult`).
+
+        The Labels layer reads the zarr output lazily: its resolution levels when it has
+        several (multiscale), else the full-resolution array opened for writing, so
+        corrections made with the brush are saved into the file.  Returns
+        ``(record, kept_layers)`` as :meth:`add`.
+        """
+        from .engine.blocks.source import require_zarr
+
+        zarr = require_zarr()
+        kept = self._clear_outputs(source)
+        levels = list(result.levels or (result.path,))
+        params = {**params, "zarr": str(result.path), "blockwise": True,
+                  "n_objects": int(result.n_objects)}
+        if len(levels) > 1:
+            data: Any = [zarr.open_array(p, mode="r") for p in levels]
+        else:
+            data = zarr.open_array(levels[0], mode="r+")
+        layer = self.viewer.add_labels(
+            data, multiscale=len(levels) > 1, name=f"{source.name} masks",
+            metadata=_layers.tag("masks", source, params=params),
+            **_layers.spatial_placement(source, channel_axis))
+        layer.contour = 2 if self.outlines else 0
+        rec = BlockRecord(image=source, masks=layer, path=str(result.path),
+                          n_objects=int(result.n_objects), params=params)
+        self.session.add(rec)
+        return rec, kept
 
     def _is_edited(self, masks: Any) -> bool:
         res = self.session.result_of(masks)
@@ -136,7 +177,7 @@ class ResultLayers:
     def set_outlines(self, on: bool) -> None:
         """Show every result masks layer as outlines (``on``) or filled."""
         self.outlines = bool(on)
-        for res in self.session.results.values():
+        for res in (*self.session.results.values(), *self.session.blocks.values()):
             if res.masks in self.viewer.layers:
                 res.masks.contour = 2 if on else 0
 

@@ -6,6 +6,10 @@ mask recomputation each run as a :class:`~flowseg._jobs.Job` (own cancel event) 
 the tab's progress bar, plain-word status and Cancel button; only one runs at a time.
 Results are written by :class:`~flowseg._results.ResultLayers`, which never overwrites the
 user's corrections.  The panel talks to the rest of the dock through psygnal signals.
+
+Big images go block by block (:mod:`flowseg._segment_big`): a multiscale or big lazy layer
+always, another image when the memory check before the run finds too little free memory
+and the user agrees.  Their labels are a lazy, zarr-backed layer without flows.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
+from . import _segment_big as big
 from ._diameter_preview import DiameterPreview
 from ._inputs import diameter_from_shapes
 from ._model_store import ModelStore
@@ -142,9 +147,19 @@ class SegmentPanel(SegmentForm):
         except ValueError as exc:
             show_error(str(exc))
             return None
+        how = self._how_to_run(req)
+        if how == big.CANCEL:
+            self.status.value = f"{req.layer.name}: not run (not enough free memory)."
+            return None
         self.state.remember(req.layer)
         self.preview_circle.hide()
         store = self.models
+        if how == big.BLOCKWISE:
+            return self.segment_job.start(
+                big.blockwise_work(lambda: store.load(req.model_path, req.device), req),
+                on_done=lambda res: self._add_block_outputs(req, res),
+                on_error=self._error("segmentation"),
+                message=f"Loading the model for {req.layer.name} (block by block)")
 
         def work(progress: Any, cancel: Any) -> Any:
             model = store.load(req.model_path, req.device)
@@ -154,6 +169,37 @@ class SegmentPanel(SegmentForm):
         return self.segment_job.start(work, on_done=lambda seg: self._add_outputs(req, seg),
                                       on_error=self._error("segmentation"),
                                       message=f"Loading the model for {req.layer.name}")
+
+    def _how_to_run(self, req: SegmentRequest) -> str:
+        """Block by block (big or multiscale layer), in memory (it fits), or what the user
+        chooses when the in-memory run would need more than the free memory."""
+        if big.goes_blockwise(req.layer):
+            return big.BLOCKWISE
+        try:
+            est = big.memory_check(req, self.models.load(req.model_path, req.device))
+        except Exception:  # noqa: BLE001 - a model that does not load fails in the job
+            return big.IN_MEMORY
+        if est.fits:
+            return big.IN_MEMORY
+        return big.ask_blockwise(self.native, est, req.layer.name)
+
+    def _add_block_outputs(self, req: SegmentRequest, res: Any) -> None:
+        source = req.layer
+        if source not in self.viewer.layers:
+            show_warning(f"image layer {source.name!r} was removed during the run; the "
+                         f"labels are in {res.path}")
+            self.segment_job.set_text(f"The image was removed; labels in {res.path}.")
+            return
+        params = {**req.record(), "diameter_used": float(res.diameter)}
+        rec, kept = self.results.add_blocks(source, res, params, req.channel_axis)
+        if self.image.value is source:
+            self.viewer.layers.selection.active = rec.masks
+        text = (f"{res.n_objects} cells (diameter {res.diameter:.1f} px), block by block "
+                f"({res.plan.n_blocks} blocks); labels saved in {res.path}. {big.NO_FLOWS}")
+        if kept:
+            text += f" Your corrected {', '.join(repr(ly.name) for ly in kept)} was kept."
+        self.segment_job.set_text(text)
+        self.segmented.emit(source, rec.masks)
 
     def _add_outputs(self, req: SegmentRequest, seg: Any) -> None:
         source = req.layer
@@ -195,11 +241,15 @@ class SegmentPanel(SegmentForm):
             return None
         store = self.models
 
+        crop = big.goes_blockwise(req.layer)
+
         def work(progress: Any, cancel: Any) -> float:
             model = store.load(req.model_path, req.device)
-            data, cax, zax = np.asarray(req.data), req.channel_axis, req.z_axis
-            if zax is not None:  # the size model works in 2D: use the middle slice
-                data = np.take(data, data.shape[zax] // 2, axis=zax)
+            data, cax, zax = req.data, req.channel_axis, req.z_axis
+            if crop:  # a big image: its middle slice's central window, read alone
+                data, cax = big.estimate_crop(data, cax, zax)
+            elif zax is not None:  # the size model works in 2D: use the middle slice
+                data = np.take(np.asarray(data), data.shape[zax] // 2, axis=zax)
                 if cax is not None and cax > zax:
                     cax -= 1
             return model.estimate_diameter(data, channels=req.channels, channel_axis=cax,
@@ -237,8 +287,12 @@ class SegmentPanel(SegmentForm):
 
     # ------------------------------------------------------------------ thresholds
     def _on_threshold_changed(self, value: Any = None) -> None:
-        if not self.state.quiet:
-            self._debounce.start()
+        if self.state.quiet:
+            return
+        if self.session.current_blocks(self.image.value) is not None and not self.busy:
+            self.status.value = big.NO_FLOWS  # nothing to recompute: say so
+            return
+        self._debounce.start()
 
     def recompute_masks(self) -> Any:
         """New masks of the picked image from its stored flows (no network run).

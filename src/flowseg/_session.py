@@ -6,6 +6,10 @@ labels the plugin last wrote into it.  Comparing the layer's data with that copy
 which pixels the user changed -- whatever tool did it (brush, fill, eraser, the delete /
 merge helpers, napari's undo, a script) -- so corrections are never overwritten:
 :func:`merge_untouched` lays new masks only over objects the user left alone.
+
+A block-by-block run of a big image (:class:`BlockRecord`) keeps no flows and no copy of
+its labels (they live in a zarr file): the session only remembers that it is the image's
+latest result, so the panel can say that new thresholds need a new run.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageSettings", "Result", "Session", "merge_untouched"]
+__all__ = ["BlockRecord", "ImageSettings", "Result", "Session", "merge_untouched"]
 
 
 @dataclass
@@ -152,12 +156,38 @@ class Result:
         self.written = np.array(data, copy=True)
 
 
+@dataclass(eq=False)
+class BlockRecord:
+    """A block-by-block result: a lazy, zarr-backed masks layer without flows.
+
+    Attributes
+    ----------
+    image : napari.layers.Image
+        The segmented image layer.
+    masks : napari.layers.Labels
+        The masks layer (its data reads the zarr output lazily).
+    path : str
+        The zarr array holding the labels.
+    n_objects : int
+        Objects found.
+    params : dict
+        The run's settings (also in the layer's metadata).
+    """
+
+    image: Any
+    masks: Any
+    path: str
+    n_objects: int
+    params: dict
+
+
 class Session:
     """Settings per image layer and results per masks layer, found by ``unique_id``."""
 
     def __init__(self) -> None:
         self.settings: dict[str, ImageSettings] = {}
         self.results: dict[str, Result] = {}  # masks layer id -> result
+        self.blocks: dict[str, BlockRecord] = {}  # masks layer id -> block-by-block result
         self._current: dict[str, str] = {}  # image layer id -> masks layer id
 
     @staticmethod
@@ -165,36 +195,51 @@ class Session:
         """The dictionary key of a layer."""
         return str(layer.unique_id)
 
-    def add(self, result: Result) -> None:
+    def add(self, result: Result | BlockRecord) -> None:
         """Store a result and make it the image's current one."""
         mid = self.key(result.masks)
-        self.results[mid] = result
+        if isinstance(result, BlockRecord):
+            self.blocks[mid] = result
+        else:
+            self.results[mid] = result
         self._current[self.key(result.image)] = mid
 
     def current(self, image: Any) -> Result | None:
-        """The result the threshold controls act on for ``image`` (None if none)."""
+        """The result the threshold controls act on for ``image`` (None if none, or when
+        the latest one was made block by block: see :meth:`current_blocks`)."""
         if image is None:
             return None
         mid = self._current.get(self.key(image))
         return None if mid is None else self.results.get(mid)
+
+    def current_blocks(self, image: Any) -> BlockRecord | None:
+        """The image's latest result when it was made block by block, else None."""
+        if image is None:
+            return None
+        mid = self._current.get(self.key(image))
+        return None if mid is None else self.blocks.get(mid)
 
     def result_of(self, masks: Any) -> Result | None:
         """The result shown in the masks layer ``masks`` (None if not ours)."""
         return self.results.get(self.key(masks))
 
     def make_current(self, masks: Any) -> Result | None:
-        """Make the result in ``masks`` the current one of its image; return it."""
+        """Make the result in ``masks`` the current one of its image; return it (None
+        for a block-by-block result, which also becomes current)."""
         res = self.result_of(masks)
-        if res is not None:
-            self._current[self.key(res.image)] = self.key(masks)
+        rec = res if res is not None else self.blocks.get(self.key(masks))
+        if rec is not None:
+            self._current[self.key(rec.image)] = self.key(masks)
         return res
 
     def forget_missing(self, alive: set[str]) -> None:
         """Drop results and settings whose layers left the viewer (frees the flows)."""
-        for mid in [m for m, r in self.results.items()
-                    if m not in alive or self.key(r.image) not in alive]:
-            del self.results[mid]
-        for iid in [i for i, m in self._current.items() if m not in self.results]:
+        for store in (self.results, self.blocks):
+            for mid in [m for m, r in store.items()
+                        if m not in alive or self.key(r.image) not in alive]:
+                del store[mid]
+        for iid in [i for i, m in self._current.items()
+                    if m not in self.results and m not in self.blocks]:
             del self._current[iid]
         for iid in [i for i in self.settings if i not in alive]:
             del self.settings[iid]
