@@ -79,9 +79,9 @@ def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, q
     assert a.name == "a"
     (pair,) = loop.add_to_set()
     assert pair.name == "a" and pair.info["source"] == str(folder / "a.tif")
-    # image 2: the next image is 'b' (a is open and in the set); 'a' steps back
+    # image 2: the next image is 'b' (a is open and in the set), on top of 'a'
     b, _ = _next_and_correct(qtbot, w, truth)
-    assert b.name == "b" and not a.visible and b.visible
+    assert b.name == "b" and w.viewer.layers.index(b) > w.viewer.layers.index(a)
     loop.add_to_set()
     assert loop.trainset.names() == ["a", "b"] and loop.trainset.held_out() == "a"
     assert next(iter(loop.set_pairs.choices)).startswith("a  (held out")
@@ -102,7 +102,7 @@ def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, q
     texts = [tr.job.describe(ev) for ev in tr.job.events]
     assert any(t.startswith("Training") and ", loss " in t for t in texts)
     assert {t.split()[0].rstrip(",") for t in texts} <= {
-        "Reading", "Preparing", "Training", "Measuring", "Comparing"}
+        "Reading", "Preparing", "Checking", "Training", "Measuring", "Comparing"}
     assert tr.plot.epochs[0] == 1 and len(tr.plot.losses) >= 1
     assert all(np.isfinite(tr.plot.losses))
     assert tr.job.label.text().startswith("Done in")

@@ -5,7 +5,7 @@ chosen once; reopening the folder in a later session lists its pairs.  *Add to t
 set* stores the chosen labels layer with its image -- the channels the masks were made with,
 and for a 3D stack its current slice or every labelled slice.  **Next image** opens the next
 file of an image folder that is neither in the set nor open, and segments it with the
-current model through the dock (``owner.run``).
+current model through the dock (``owner.run``); it is added on top of the earlier ones.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LoopPanel(Container):
                                            "choose it again in a later session)")
         self.set_pairs = Select(label="pairs", choices=[])
         self.set_pairs.native.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.set_pairs.native.setMaximumHeight(100)
+        self.set_pairs.native.setMaximumHeight(80)
         self.set_info = QLabel("no training set open")  # full width, below the list
         self.set_info.setWordWrap(True)
         self.labels = ComboBox(label="corrected labels", choices=self._labels_choices,
@@ -264,12 +264,9 @@ class LoopPanel(Container):
         except Exception as exc:  # noqa: BLE001 - any reader error, shown to the user
             show_error(f"cannot read {path.name}: {exc}")
             return None
-        # earlier images of the loop and their results step back (hidden, never removed)
-        earlier = {str(ly.unique_id) for ly in self.viewer.layers
-                   if (ly.metadata or {}).get(FILE_KEY)}
-        for ly in self.viewer.layers:
-            if str(ly.unique_id) in earlier or _layers.source_of(ly) in earlier:
-                ly.visible = False
+        # the new image goes on top of the earlier ones (which stay as they are: hiding them
+        # here crashed napari's OpenGL drawing under Mesa when the Segment tab's diameter
+        # preview had just been shown)
         layer = self.viewer.add_image(data, name=path.stem, metadata={FILE_KEY: str(path)})
         self.viewer.layers.selection.active = layer
         self.owner.run(layer)
