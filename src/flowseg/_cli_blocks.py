@@ -9,6 +9,11 @@ a call is then segmented with :func:`flowseg.segment_blocks`:
   ``flowseg``; an ``--out`` ending in ``.zarr`` writes a plain array there instead);
 * any other input gets ``<name>_masks.zarr`` next to it, in the ``--out`` folder, or at
   ``--out`` itself when that ends in ``.zarr`` (one input only).
+
+Otherwise the call stays in memory, after :func:`check_memory`: when the predicted peak
+memory of an image (:func:`flowseg.engine.memory.estimate_segment_memory`) exceeds the
+memory free now, the call stops before any work with a message proposing ``--block-size``
+(``--no-memory-check`` runs anyway).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TIFF_BLOCKWISE_ELEMENTS", "add_block_args", "blockwise_jobs", "run_blocks"]
+__all__ = ["TIFF_BLOCKWISE_ELEMENTS", "add_block_args", "blockwise_jobs", "check_memory",
+           "image_shape", "run_blocks"]
 
 #: TIFF images with more elements than this (64 Mi, e.g. 8192 x 8192) are read blockwise
 #: (the engine's ``flowseg.engine.blocks.lazy.BLOCKWISE_ELEMENTS``; not imported here so
@@ -50,6 +56,9 @@ def add_block_args(p: argparse.ArgumentParser) -> None:
                    help="skip blocks whose intensity never reaches I (empty background)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing zarr output / label image")
+    g.add_argument("--no-memory-check", action="store_true",
+                   help="segment in memory even when the predicted peak memory exceeds the "
+                        "free memory (by default the call stops and proposes --block-size)")
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,8 @@ def blockwise_jobs(args: argparse.Namespace) -> list[BlockJob]:
     big = forced or any(z or (p.suffix.lower() in (".tif", ".tiff") and _is_big_tiff(p))
                         for p, z in inputs)
     if not big:
+        if not getattr(args, "no_memory_check", False):
+            check_memory(args, [p for p, _ in inputs])
         return []
     if args.save_flows:
         raise ValueError("--save-flows is not available for blockwise runs (zarr, OME-Zarr, "
@@ -128,6 +139,57 @@ def blockwise_jobs(args: argparse.Namespace) -> list[BlockJob]:
     for p, z in inputs:
         jobs.append(BlockJob(str(p), p, _out_for(p, z, args.out, n)))
     return jobs
+
+
+def image_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of an image file, read from its header (None when it cannot be told)."""
+    suf = path.suffix.lower()
+    try:
+        if suf in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tuple(int(n) for n in tif.series[0].shape)
+        if suf == ".npy":
+            import numpy as np
+
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            bands = len(im.getbands())
+            return (im.height, im.width) + ((bands,) if bands > 1 else ())
+    except (OSError, ValueError, ImportError):  # unreadable: the run says why
+        return None
+
+
+def check_memory(args: argparse.Namespace, paths: list[Path]) -> None:
+    """Stop (ValueError) before an in-memory run whose predicted peak memory exceeds the
+    memory free now, proposing the blockwise path."""
+    from ._cli_segment import _load_model
+    from .engine.memory import estimate_segment_memory
+
+    # the model's diameter and width matter only when the diameter is given (else the
+    # model's own diameter is assumed, and the width of Cellpose-style networks)
+    model = _load_model(args.model, args.device) if args.diameter and \
+        args.model != "auto" else None
+    for p in paths:
+        shape = image_shape(p)
+        if shape is None:
+            continue
+        try:
+            est = estimate_segment_memory(
+                model, shape, channel_axis=args.channel_axis, z_axis=args.z_axis,
+                do_3d=args.do_3d, stitch_threshold=args.stitch, diameter=args.diameter,
+                anisotropy=args.anisotropy, batch_size=args.batch_size, augment=args.augment)
+        except ValueError:  # axes the run refuses: it says why
+            continue
+        if not est.fits:
+            edge = 256 if est.spatial_ndim == 3 and args.do_3d else 1024
+            raise ValueError(
+                f"{p}: {est.message()}. Segment it block by block instead: add --block-size "
+                f"{edge} (labels go to {p.name.split('.')[0]}_masks.zarr; see docs/scale.md), "
+                "free some memory, or add --no-memory-check to try anyway")
 
 
 def _read_small(path: Path) -> Any:

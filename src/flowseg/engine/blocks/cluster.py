@@ -39,7 +39,8 @@ class ClusterOptions:
         LocalCluster workers (default :func:`default_workers`).
     memory_limit : str, int or None
         Memory per LocalCluster worker (``"4GB"``, bytes; default: available memory /
-        workers).  A worker going over it is restarted by dask.
+        workers, none for threads of this process).  A worker process going over it is
+        restarted by dask.
     processes : bool
         LocalCluster workers as processes (default) or threads of this process.
     threads : int, optional
@@ -94,10 +95,12 @@ def machine_cores() -> int:
 
 
 def available_memory() -> int:
-    """Bytes of memory available now."""
-    import psutil
+    """Bytes of memory available now (the tighter of the machine's and a cgroup limit's,
+    :func:`flowseg.engine.memory.available_memory`; 4 GiB when the OS does not say)."""
+    from ..memory import available_memory as free_now
 
-    return int(psutil.virtual_memory().available)
+    found = free_now()
+    return int(found) if found is not None else 4 * 2 ** 30
 
 
 def default_workers(need_per_worker: int = 0, gpu: bool = False) -> int:
@@ -153,7 +156,9 @@ def open_client(client: Any = None, options: ClusterOptions | None = None, *,
         return
     workers = opts.workers or default_workers(need_per_worker, gpu)
     mem = parse_memory(opts.memory_limit)
-    if mem is None:
+    if mem is None and not opts.processes:
+        mem = 0  # threads of this process: dask would weigh the whole process against it
+    elif mem is None:
         mem = max(2 ** 28, available_memory() // workers)
     threads = opts.threads or max(1, machine_cores() // workers)
     cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1,
