@@ -1,7 +1,8 @@
 """Peak memory of the in-memory path (``Model.segment``), measured against the estimate.
 
-Every case runs in a fresh process: it loads the model, makes a synthetic image (dense
-nuclei, the conservative case: the dynamics' memory grows with the foreground), resets the
+Every case runs in a fresh process: it loads the model and a synthetic image (dense nuclei,
+the conservative case: the dynamics' memory grows with the foreground; made once by another
+process and cached as ``.npy``, so no memory freed by its making is reused), resets the
 process's peak-RSS mark (``/proc/self/clear_refs``, Linux) and segments.  The *working
 memory* is the peak resident memory during ``Model.segment`` minus the memory held before
 it (Python, torch, the model and the image itself); it is what
@@ -19,25 +20,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flowseg-bench"
 
 #: (spatial shape, input channels, diameter or None (= the model's), anisotropy, model)
 CASES_2D = [
+    ((256, 256), 1, None, None, "nuclei"),
     ((512, 512), 1, None, None, "nuclei"),
+    ((960, 960), 1, None, None, "nuclei"),    # the largest one-piece network pass
     ((1024, 1024), 1, None, None, "nuclei"),
     ((1024, 1024), 2, None, None, "nuclei"),
     ((1024, 1024), 1, 8.5, None, "nuclei"),   # rescale 2: 4 M pixels at the model's scale
     ((1536, 1536), 1, None, None, "nuclei"),
     ((2048, 2048), 1, None, None, "nuclei"),
     ((3072, 3072), 1, None, None, "nuclei"),
+    ((4096, 4096), 1, None, None, "nuclei"),
+    ((4096, 4096), 1, 34.0, None, "nuclei"),  # rescale 0.5: the image-scale buffers
     ((2048, 2048), 1, None, None, "cyto"),
 ]
 CASES_3D = [
     ((32, 128, 128), 1, None, None, "nuclei"),
     ((48, 192, 192), 1, None, None, "nuclei"),
     ((64, 256, 256), 1, None, None, "nuclei"),
+    ((96, 384, 384), 1, None, None, "nuclei"),
+    ((64, 256, 256), 1, 34.0, None, "nuclei"),
     ((32, 192, 192), 1, None, 2.0, "nuclei"),  # anisotropy 2: z stretched twice
     ((64, 256, 256), 1, None, None, "cyto"),
 ]
@@ -63,9 +74,27 @@ def _image(shape: tuple[int, ...], nchan: int, diameter: float, seed: int = 0):
     return img, s
 
 
+def _cached(case: dict) -> Path:
+    """The case's image file (made here when missing)."""
+    import numpy as np
+
+    from flowseg.engine.model import Model
+
+    diameter = case["diameter"] or Model.load(case["model"]).diam_mean
+    name = "x".join(map(str, case["shape"])) + f"_c{case['nchan']}_d{diameter:g}.npy"
+    path = CACHE / f"memory_{name}"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        img, _ = _image(tuple(case["shape"]), int(case["nchan"]), diameter)
+        np.save(path, img)
+    return path
+
+
 def one(case: dict) -> dict:
     """Measure one case in this process (called in a fresh child)."""
     import gc
+
+    import numpy as np
 
     import flowseg.engine  # noqa: F401  (OpenMP wait policy before torch loads)
     from flowseg.engine.model import Model
@@ -73,7 +102,7 @@ def one(case: dict) -> dict:
     shape, nchan = tuple(case["shape"]), int(case["nchan"])
     model = Model.load(case["model"])
     diameter = case["diameter"] or model.diam_mean
-    img, _ = _image(shape, nchan, diameter)
+    img = np.load(case["npy"])
     do_3d = len(shape) == 3
     kw = {"diameter": diameter, "do_3d": do_3d,
           "channel_axis": -1 if nchan > 1 else None,
@@ -115,9 +144,13 @@ def main() -> int:
     ap.add_argument("--cases", choices=("2d", "3d", "all"), default="all")
     ap.add_argument("--json", default=None, help="write the measurements here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--make", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
         print(json.dumps(one(json.loads(args.one))))
+        return 0
+    if args.make is not None:
+        print(_cached(json.loads(args.make)))
         return 0
     cases = (CASES_2D if args.cases in ("2d", "all") else []) + \
         (CASES_3D if args.cases in ("3d", "all") else [])
@@ -128,6 +161,9 @@ def main() -> int:
     for shape, nchan, diameter, anis, name in cases:
         case = {"shape": list(shape), "nchan": nchan, "diameter": diameter,
                 "anisotropy": anis, "model": name}
+        made = subprocess.run([sys.executable, __file__, "--make", json.dumps(case)],
+                              capture_output=True, text=True, check=True)
+        case["npy"] = made.stdout.strip().splitlines()[-1]
         out = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:

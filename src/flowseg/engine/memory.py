@@ -8,18 +8,21 @@ they are in memory already).  It compares that with the memory available now
 propose the block-by-block path (:mod:`flowseg.engine.blocks`), whose memory does not grow
 with the image.
 
-The formula is a calibrated sum of the buffers the pipeline holds at its peak::
+The formula is a calibrated sum of what the pipeline holds at its peak::
 
-    working = BASE + per_image * N + per_model * M + per_net * P * width / 32
+    working = BASE + PER_NET * P * width / 32 + PER_IMAGE * N + PER_UPSCALED * max(M - N, 0)
 
 ``N`` is the number of pixels (voxels) of the image, ``M`` of the image resized to the
-model's object size (``N * (diam_mean / diameter)^2``, in 3D ``^3`` times the anisotropy),
-``P`` the pixels of one network batch (a whole image up to 1024 x 1024, else
-``batch_size`` tiles of 224 x 224) and ``width`` the network's first-level channels (32
-for Cellpose-style networks).  The coefficients come from measured peaks
-(``benchmarks/bench_memory.py``: fresh processes on CPU, dense synthetic nuclei, the
-bundled models); see ``docs/scale.md`` for the table.  The estimate is meant to err on the
-high side by up to about 25 % and never to be low by more than about 10 %.
+model's object size (``N * (diam_mean / diameter)^2``, in 3D ``^3`` times the anisotropy;
+a stack segmented slice by slice resizes one slab of slices at a time), ``P`` the pixels
+of one network batch (a whole image up to 1024 x 1024 after padding, else ``batch_size``
+tiles of 224 x 224) and ``width`` the network's first-level channels (32 for
+Cellpose-style networks).  Up to ~16 M pixels the network's activations dominate, not the
+image.  The coefficients come from measured peaks (``benchmarks/bench_memory.py``: fresh
+processes on CPU, dense synthetic nuclei, the bundled models; table in ``docs/scale.md``):
+the estimate was 3 % below to 16 % above the measured working memory of 2D images from
+512 x 512 to 4096 x 4096 and of volumes from 32 x 128 x 128 to 96 x 384 x 384 (35 % above
+for a 256 x 256 image).
 """
 
 from __future__ import annotations
@@ -37,16 +40,16 @@ __all__ = [
     "format_bytes",
 ]
 
-# ---- calibration (benchmarks/bench_memory.py; bytes) -------------------------------------
+# ---- calibration (benchmarks/bench_memory.py, docs/scale.md; bytes) ----------------------
 #: Fixed cost of a first run in a fresh process (numba / oneDNN code, thread pools, caches).
-BASE = 420 * 2 ** 20
-#: 2D: bytes per image pixel (flows, probability, masks, dynamics) and per pixel at the
-#: model's scale (resized input, network outputs and their blending weights).
-PER_IMAGE_2D, PER_MODEL_2D = 96.0, 48.0
-#: 3D (``do_3d``): per voxel of the image and per voxel at the model's scale.
-PER_IMAGE_3D, PER_MODEL_3D = 150.0, 60.0
+BASE_2D, BASE_3D = 0.2 * 2 ** 30, 0.12 * 2 ** 30
 #: Network activations per pixel of one batch, for a width-32 network.
-PER_NET = 600.0
+PER_NET = 1450.0
+#: Bytes per image pixel (voxel): flows, probability, masks, the dynamics' buffers.
+PER_IMAGE_2D, PER_IMAGE_3D = 31.0, 42.0
+#: Bytes per pixel (voxel) the resize to the model's object size adds beyond the image's
+#: own (only when objects are smaller than the model's: the image is enlarged).
+PER_UPSCALED_2D, PER_UPSCALED_3D = 30.0, 40.0
 
 _WHOLE_MAX = 1024 * 1024  # Model.segment's default whole_max
 _BSIZE = 224
@@ -223,18 +226,20 @@ def estimate_segment_memory(model: Any, shape: Sequence[int], *,
     yr, xr = max(1, int(spatial[-2] * r)), max(1, int(spatial[-1] * r))
     if sdim == 3 and do_3d:
         zr = max(1, int(spatial[0] * r * float(anisotropy or 1.0)))
-        n_model = zr * yr * xr
-        per_img, per_model = PER_IMAGE_3D, PER_MODEL_3D
-        # slabs of planes in three orientations: the largest plane sets the batch
-        planes = sorted(((yr, xr), (zr, xr), (zr, yr)), key=lambda p: p[0] * p[1])
-        batch = _batch_pixels(*planes[-1], max(batch_size, 8), batch_size, augment)
+        n_model, n_same = zr * yr * xr, n_img
+        base, per_img, per_up = BASE_3D, PER_IMAGE_3D, PER_UPSCALED_3D
+        # slabs of planes in three orientations: the largest batch sets the activations
+        slab = max(batch_size, 8)
+        batch = max(_batch_pixels(h, w, slab, batch_size, augment)
+                    for h, w in ((yr, xr), (zr, xr), (zr, yr)))
     else:
-        planes_n = spatial[0] if sdim == 3 else 1
-        slab = min(planes_n, max(1, batch_size) * 4)  # _run_2d resizes slab by slab
-        n_model = slab * yr * xr
-        per_img, per_model = PER_IMAGE_2D, PER_MODEL_2D
+        planes = spatial[0] if sdim == 3 else 1
+        slab = min(planes, max(1, batch_size) * 4)  # _run_2d resizes slab by slab
+        n_model, n_same = slab * yr * xr, slab * spatial[-2] * spatial[-1]
+        base, per_img, per_up = BASE_2D, PER_IMAGE_2D, PER_UPSCALED_2D
         batch = _batch_pixels(yr, xr, slab, batch_size, augment)
-    working = BASE + per_img * n_img + per_model * n_model + PER_NET * batch * width / 32.0
+    working = base + PER_NET * batch * width / 32.0 + per_img * n_img + \
+        per_up * max(n_model - n_same, 0)
     if available is None:
         available = available_memory()
     return MemoryEstimate(working=int(working), available=available, image_pixels=int(n_img),
