@@ -15,12 +15,17 @@ def test_manifest_validates_and_docks(make_napari_viewer):
     import npe2
 
     pm = npe2.PluginManifest.from_distribution("napari-flowseg")
-    assert [w.display_name for w in pm.contributions.widgets] == ["Segment cells"]
+    assert [w.display_name for w in pm.contributions.widgets] == [
+        "Segment cells", "Track cells (time-lapse)"]
     assert {s.key for s in pm.contributions.sample_data} == {"nuclei", "cells", "cells3d"}
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-flowseg", "Segment cells")
     assert widget.viewer is not None and dock is not None
-    assert widget.tabs.count() == 2
+    assert [widget.tabs.tabText(i) for i in range(widget.tabs.count())] == [
+        "Segment", "Edit", "Train"]
+    dock, tracker = viewer.window.add_plugin_dock_widget("napari-flowseg",
+                                                         "Track cells (time-lapse)")
+    assert dock is not None and tracker.__class__.__name__ == "TrackWidget"
 
 
 @pytest.mark.parametrize("key, shape", [("nuclei", (320, 320)), ("cells", (2, 384, 384)),
