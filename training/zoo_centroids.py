@@ -15,7 +15,12 @@ rates at which DSB fluorescence (and all DSB) validation images pick ``nuclei`` 
 Usiigaci validation images and time-lapse frames pick ``cyto``, plus what synthetic
 whole-cell images (fluorescence and phase contrast, with a nuclear channel) pick::
 
-    python training/zoo_centroids.py --compare --sizes 128 256 512
+    python training/zoo_centroids.py --compare --sizes 128 256
+
+``--check``: the pick rates of :func:`flowseg.engine.zoo.choose_model` with the stored
+centroids, on the held-out images read from their files::
+
+    python training/zoo_centroids.py --check
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from data import RECIPES, load_training_set
+from data import RECIPES, SPLITS, image_kind, load_training_set
 
 from flowseg.engine import zoo
 from flowseg.engine.synthetic import make_sample
@@ -127,6 +132,45 @@ def compare(data: Path, sizes: list[int], cache: Path | None = None) -> None:
             print(f"  size {size:4d} {space:12s}: " + "; ".join(row), flush=True)
 
 
+def check(data: Path) -> None:
+    """Pick rates of ``choose_model`` with the stored centroids on held-out images, read
+    from their files as a user would."""
+    import tifffile
+
+    from flowseg.engine.datasets import read_image
+    from flowseg.engine.samples import load_sample
+
+    groups: dict[str, list] = {}
+    for source in ("dsb2018", "usiigaci"):
+        for n in (SPLITS / f"{source}_val.txt").read_text().split():
+            img = np.asarray(read_image(data / source / "train" / n))
+            g = "usiigaci_val -> cyto" if source == "usiigaci" else (
+                f"dsb_{image_kind(img)} -> nuclei")
+            groups.setdefault(g, []).append((n, img, {}))
+    tl = data / "timelapse" / "usiigaci_t98g_phase.tif"
+    if tl.is_file():
+        groups["timelapse -> cyto"] = [(f"frame{t}", f, {}) for t, f in
+                                       enumerate(tifffile.imread(tl))]
+    for kind in ("cells", "phase"):
+        groups[f"synthetic_{kind} (2 channels) -> cyto"] = [
+            (f"{kind}{k}", make_sample(kind, (384, 384), diameter=25 + 5 * k, with_nuclei=True,
+                                       seed=9000 + k).image, {"channels": (0, 1)})
+            for k in range(6)]
+    for name in ("nuclei", "cells"):
+        img, info = load_sample(name)
+        groups[f"sample {name!r} -> {'nuclei' if name == 'nuclei' else 'cyto'}"] = [
+            (name, img, {"channels": info["channels"], "channel_axis": -1})]
+    for g, items in groups.items():
+        want = g.rsplit("-> ", 1)[1]
+        t0 = time.perf_counter()
+        picks = [zoo.choose_model(img, candidates=list(MODELS), **kw)[0] for _, img, kw in items]
+        sec = (time.perf_counter() - t0) / len(items)
+        right = sum(p == want for p in picks)
+        wrong = [n for (n, _, _), p in zip(items, picks) if p != want]
+        print(f"{g}: {right}/{len(items)} ({right / len(items):.0%}), {sec:.2f} s per image"
+              + (f"; other picks: {wrong}" if wrong else ""), flush=True)
+
+
 def write(data: Path, dry_run: bool) -> None:
     """Compute the bundled models' centroids and store them (weights unchanged)."""
     sets = training_lists(data)
@@ -155,13 +199,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--compare", action="store_true", help="measure references and sizes")
+    p.add_argument("--check", action="store_true",
+                   help="pick rates of the stored centroids on held-out images")
     p.add_argument("--sizes", type=int, nargs="+", default=[zoo.DEFAULT_SIZE])
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--cache", type=Path, default=None,
                    help="--compare: keep the computed styles in this folder (reruns are fast)")
     a = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if a.compare:
+    if a.check:
+        check(Path(a.data))
+    elif a.compare:
         compare(Path(a.data), a.sizes, a.cache)
     else:
         write(Path(a.data), a.dry_run)
