@@ -58,7 +58,7 @@ __all__ = ["DEFAULT_REFERENCE", "DEFAULT_SIZE", "STYLE_VERSION", "choose_model",
 #: the bundled networks whose (concatenated) style space every model is compared in; chosen
 #: by measurement (``training/zoo_centroids.py --compare``): on the held-out images both
 #: networks together separate DSB fluorescence nuclei from Usiigaci phase-contrast cells
-#: best (47/47 and 6/6 right at size 256; ``nuclei`` alone 44/47, ``cyto`` alone 46/47)
+#: best (47/47, 6/6 at size 256; ``nuclei`` alone 44/47, ``cyto`` 46/47; size 512: 4x the cost)
 DEFAULT_REFERENCE: tuple[str, ...] = ("nuclei", "cyto")
 #: longest image side of the style pass
 DEFAULT_SIZE = 256
