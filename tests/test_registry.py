@@ -125,3 +125,18 @@ def test_valid_model_name():
     for bad in ("", "-x", "a/b", "a b", "x" * 65):
         with pytest.raises(ValueError, match="not valid"):
             registry.valid_model_name(bad)
+
+
+def test_flowseg_models_lists_bundled_and_user_models(tmp_path, monkeypatch, capsys):
+    from flowseg.cli import main
+    from flowseg.engine.model import Model
+
+    monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(tmp_path / "models"))
+    from flowseg.engine.registry import user_model_path
+
+    Model.new(width=8, seed=0).save(user_model_path("mine"))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "nuclei" in rows and "cyto" in rows and "mine" in rows
+    assert "bundled" in rows["nuclei"] and "bundled" not in rows["mine"]

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_track(sub)
+    from ._cli_models import register as _add_models
+
+    _add_models(sub)
     return parser
 
 
