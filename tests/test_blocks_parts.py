@@ -289,3 +289,28 @@ def test_cluster_options_are_checked():
         ClusterOptions(workers=0)
     with pytest.raises(ValueError, match="tcp://"):
         ClusterOptions(address="localhost")
+
+
+# ----------------------------------------------------------------------------- memory
+def test_default_3d_block_keeps_a_task_within_the_budget():
+    from flowseg.engine.blocks.run import TASK_BUDGET, default_block_size, task_memory
+    from flowseg.engine.model import Model
+
+    model = Model.new(width=32, nchan=2, diam_mean=17.0, seed=0)
+    shape = (2048, 2048, 2048)
+    assert default_block_size((8192, 8192), model, 1, False, 17.0) == 1024
+    edges = {}
+    for d in (8.0, 17.0, 30.0):
+        edge = edges[d] = default_block_size(shape, model, 1, True, d)
+        need = task_memory(make_plan(shape, edge, diameter=d), model, 1, True, d)
+        assert need <= TASK_BUDGET
+        if edge < 256:  # the next bigger block would not fit
+            assert task_memory(make_plan(shape, edge + 32, diameter=d), model, 1, True,
+                               d) > TASK_BUDGET
+    # objects smaller than the model's are enlarged (8x the voxels at half the size)
+    assert edges[17.0] == 256 and edges[8.0] < edges[17.0]
+    # a task's memory does not depend on the size of the volume
+    plan_a = make_plan((512, 512, 512), 128, diameter=17.0)
+    plan_b = make_plan((4096, 4096, 4096), 128, diameter=17.0)
+    assert task_memory(plan_a, model, 1, True, 17.0) == task_memory(plan_b, model, 1, True,
+                                                                      17.0)

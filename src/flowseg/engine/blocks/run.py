@@ -22,6 +22,7 @@ the table of merged ids.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -53,7 +54,7 @@ from .work import (
     write_block,
 )
 
-__all__ = ["BlockResult", "segment_blocks", "task_memory"]
+__all__ = ["BlockResult", "default_block_size", "segment_blocks", "task_memory"]
 
 #: Keyword arguments of Model.segment that blockwise runs pass on to every block.
 SEGMENT_OPTIONS = ("cellprob_threshold", "flow_threshold", "min_size", "niter", "augment",
@@ -61,17 +62,68 @@ SEGMENT_OPTIONS = ("cellprob_threshold", "flow_threshold", "min_size", "niter", 
                    "sampling", "stitch_threshold")
 
 
-def task_memory(plan: BlockPlan, nchan: int, do_3d: bool) -> int:
-    """Rough peak bytes of one block task (runtime, model, network tiles, flows, dynamics).
+#: Largest predicted memory of one block task that a default 3D block size may need (a
+#: 4 GB worker then has room for the unexpected).
+TASK_BUDGET = 3 * 2 ** 30
+#: Resident memory of a dask worker process before its first block (Python, torch, numba,
+#: distributed, flowseg and the model sent to it).
+WORKER_BASE = int(0.45 * 2 ** 30)
+#: Bytes per padded pixel a block task holds besides ``Model.segment``'s own: the raw
+#: region (``2 * channels``, uint16), its float32 network channels (``4 * nchan``, kept
+#: during the run) and the block's labels (int32, twice while the core is cut out).
+BLOCK_BUFFERS = 8
 
-    Measured on CPU with the bundled nuclei model: a worker segmenting 1092 x 1092 padded
-    2D blocks peaked at 1.0 GiB; a 3D segmentation of 64 x 160 x 160 voxels added 280 bytes
-    per voxel to a 0.5 GiB process.  Hence 0.75 GiB plus 200 bytes per padded pixel (2D) or
-    300 bytes per voxel (3D), plus the block's input channels.
+
+def task_memory(plan: BlockPlan, model: Any, nchan: int, do_3d: bool,
+                diameter: float | None, anisotropy: float | None = None) -> int:
+    """Predicted peak resident memory (bytes) of a worker process segmenting ``plan``'s
+    largest block: :data:`WORKER_BASE`, the in-memory estimate of ``Model.segment`` on the
+    padded block (:func:`flowseg.engine.memory.estimate_segment_memory`) and the task's own
+    buffers.
+
+    Parameters
+    ----------
+    plan : BlockPlan
+    model : Model
+    nchan : int
+        Channels of the input image.
+    do_3d : bool
+    diameter, anisotropy : float or None
+        As the blocks are segmented.
     """
-    px = int(np.prod(plan.padded_max))
-    per = 300 if do_3d else 200
-    return int(3 * 2 ** 28 + px * (per + 8 * nchan))
+    from ..memory import estimate_segment_memory
+
+    shape = tuple(plan.padded_max)
+    three = len(shape) == 3
+    est = estimate_segment_memory(model, shape, z_axis=0 if three else None,
+                                  do_3d=bool(do_3d) and three, diameter=diameter,
+                                  anisotropy=anisotropy if three else None, available=1)
+    px = math.prod(shape)
+    return int(WORKER_BASE + est.working +
+               px * (2 * nchan + 4 * int(getattr(model, "nchan", 2)) + BLOCK_BUFFERS))
+
+
+def default_block_size(shape: Sequence[int], model: Any, nchan: int, do_3d: bool,
+                       diameter: float, anisotropy: float | None = None,
+                       overlap: Any = None) -> int:
+    """The default core block edge: 1024 in 2D; in 3D the largest multiple of 32 up to 256
+    whose task (:func:`task_memory`) stays within :data:`TASK_BUDGET` (the overlap of 2
+    diameters on every side makes a 3D block's memory grow fast with the objects' size)."""
+    edge = DEFAULT_BLOCK_SIZE[len(shape)]
+    if len(shape) == 2:
+        return edge
+    aniso = anisotropy if len(shape) == 3 else None
+    best = None
+    while edge >= 32:
+        try:
+            plan = make_plan(shape, edge, overlap, diameter=diameter, anisotropy=aniso)
+        except ValueError:  # under one diameter: keep the smallest valid edge
+            break
+        best = edge
+        if task_memory(plan, model, nchan, do_3d, diameter, aniso) <= TASK_BUDGET:
+            break
+        edge -= 32
+    return DEFAULT_BLOCK_SIZE[3] if best is None else best
 
 
 def _as_model(model: Any) -> Any:
@@ -189,7 +241,8 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
             cancel=cancel)
     check_cancel(cancel)
     if block_size is None:
-        block_size = DEFAULT_BLOCK_SIZE[lay.ndim]
+        block_size = default_block_size(lay.spatial_shape, model, lay.n_channels, do_3d,
+                                        float(diameter), anisotropy, overlap)
     plan = make_plan(lay.spatial_shape, block_size, overlap, diameter=diameter,
                      anisotropy=anisotropy if lay.ndim == 3 else None)
     keep = blocks_in_mask(mask, plan)
@@ -210,7 +263,8 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
                    skip_below=None if skip_below is None else float(skip_below))
     threads_before = _threads()
     try:
-        with open_client(client, cluster, need_per_worker=task_memory(plan, model.nchan, do_3d),
+        need = task_memory(plan, model, lay.n_channels, do_3d, float(diameter), anisotropy)
+        with open_client(client, cluster, need_per_worker=need,
                          gpu=model.device.type == "cuda") as (cl, threads):
             spec = dataclasses.replace(spec, threads=threads)
             stage = Stage(cl, f"flowseg-{uuid.uuid4().hex[:10]}", progress, cancel)
