@@ -52,15 +52,20 @@ def child(args: argparse.Namespace) -> dict:
     from flowseg.engine.model import Model
 
     shape = tuple(int(s) for s in args.shape.split(","))
+    model = Model.load(args.model)
+    if args.block_size <= 0:  # the engine's default for this model and diameter
+        from flowseg.engine.blocks.run import default_block_size
+
+        args.block_size = default_block_size(shape, model, 1, True, args.diameter)
     tile = da.from_array(periodic_tile(args.diameter), chunks=TILE)
     vol = da.tile(tile, tuple(s // TILE for s in shape)).rechunk(128)
-    # a foreground mask at block resolution: the same central blocks of every volume
+    # a foreground mask at 1/8 resolution: one cell at the centre of each chosen block's
+    # core, out of reach of the neighbours' padded regions, so exactly those blocks run
     grid = tuple(-(-s // args.block_size) for s in shape)
-    mask = np.zeros(grid, bool)
-    c = tuple(g // 2 for g in grid)
+    mask = np.zeros(tuple(-(-s // 8) for s in shape), bool)
     for k in range(args.blocks):
-        mask[c[0], c[1], c[2] + k - args.blocks // 2] = True
-    model = Model.load(args.model)
+        idx = (grid[0] // 2, grid[1] // 2, grid[2] // 2 + k - args.blocks // 2)
+        mask[tuple((i * args.block_size + args.block_size // 2) // 8 for i in idx)] = True
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="flowseg-bench3d-") as tmp:
         res = segment_blocks(vol, model, block_size=args.block_size, diameter=args.diameter,
@@ -82,7 +87,7 @@ def child(args: argparse.Namespace) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="Z,Y,X (multiples of 64)")
-    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--block-size", type=int, default=64, help="0: the engine's default")
     ap.add_argument("--blocks", type=int, default=2, help="blocks segmented in every volume")
     ap.add_argument("--diameter", type=float, default=17.0)
     ap.add_argument("--model", default="nuclei")

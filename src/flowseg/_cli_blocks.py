@@ -41,7 +41,8 @@ def add_block_args(p: argparse.ArgumentParser) -> None:
         "big images are cut into overlapping blocks segmented on dask workers; labels are "
         "written to zarr (see docs/blocks.md)")
     g.add_argument("--block-size", type=int, default=None, metavar="N",
-                   help="block edge in pixels (default 1024 in 2D, 256 in 3D); giving it "
+                   help="block edge in pixels (default 1024 in 2D; in 3D up to 256, as "
+                        "the memory of one block allows); giving it "
                         "makes any input blockwise")
     g.add_argument("--overlap", type=int, default=None, metavar="N",
                    help="margin around each block (default: 2 diameters, the minimum)")
@@ -185,7 +186,7 @@ def check_memory(args: argparse.Namespace, paths: list[Path]) -> None:
         except ValueError:  # axes the run refuses: it says why
             continue
         if not est.fits:
-            edge = 256 if est.spatial_ndim == 3 and args.do_3d else 1024
+            edge = 128 if est.spatial_ndim == 3 and args.do_3d else 1024
             raise ValueError(
                 f"{p}: {est.message()}. Segment it block by block instead: add --block-size "
                 f"{edge} (labels go to {p.name.split('.')[0]}_masks.zarr; see docs/scale.md), "

@@ -128,7 +128,8 @@ def segment_lazy(data: Any, model: Any, *, source_path: str | os.PathLike | None
     out : optional
         As in :func:`~flowseg.engine.blocks.run.segment_blocks`.
     block_size : optional
-        Default 1024 (2D) / 256 (3D).
+        Default 1024 (2D); in 3D up to 256, as memory allows
+        (:func:`~flowseg.engine.blocks.run.default_block_size`).
     cluster : ClusterOptions, optional
         Default: worker threads in this process (no start-up cost, nothing to pickle):
         two workers sharing the cores.

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_BLOCK_SIZE","MIN_OVERLAP_DIAMETERS", "Block", "BlockPlan", "default_overlap", "make_plan"]
 
-#: Default core block edge per number of spatial axes (2D: 1024 px, 3D: 256 voxels).
+#: Default core block edge per number of spatial axes (2D: 1024 px; 3D: at most 256 voxels,
+#: less when one block task would need too much memory: run.default_block_size).
 DEFAULT_BLOCK_SIZE = {2: 1024, 3: 256}
 
 #: Overlap must be at least this many object diameters (an object cut by a core face then

@@ -66,8 +66,10 @@ SEGMENT_OPTIONS = ("cellprob_threshold", "flow_threshold", "min_size", "niter", 
 #: 4 GB worker then has room for the unexpected).
 TASK_BUDGET = 3 * 2 ** 30
 #: Resident memory of a dask worker process before its first block (Python, torch, numba,
-#: distributed, flowseg and the model sent to it).
-WORKER_BASE = int(0.45 * 2 ** 30)
+#: distributed, flowseg and the model sent to it).  With it the estimate was 1.15x the
+#: measured worker peak for 1092 x 1092 2D blocks (1.0 GiB) and 1.14x for 112^3 3D blocks
+#: (859 MB, benchmarks/bench_blocks3d.py).
+WORKER_BASE = int(0.33 * 2 ** 30)
 #: Bytes per padded pixel a block task holds besides ``Model.segment``'s own: the raw
 #: region (``2 * channels``, uint16), its float32 network channels (``4 * nchan``, kept
 #: during the run) and the block's labels (int32, twice while the core is cut out).
@@ -170,7 +172,7 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
     block_size : int or sequence of int, optional
         Core block size in pixels (per axis or one for all); at least one diameter,
         best 8 or more (the overlap costs less).  Default
-        :data:`~flowseg.engine.blocks.plan.DEFAULT_BLOCK_SIZE` (1024 in 2D, 256 in 3D).
+        :func:`default_block_size` (1024 in 2D; in 3D up to 256, as memory allows).
     overlap : int or sequence of int, optional
         Margin read around each core (default 2 diameters, the minimum).
     diameter : float, optional
