@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._cli_segment import _channels
+from .engine.budget import DEFAULT_TIME_BUDGET
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -32,12 +33,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="starting model (bundled name or file); default: a new one")
     p.add_argument("--recipe", choices=["from_scratch", "finetune"],
                    help="default: finetune with --model, from_scratch without")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="train this many epochs (default: a fine-tune "
+                   "runs for its time budget, a new model for the recipe's epochs)")
+    p.add_argument("--time-budget", type=float, metavar="S",
+                   help="seconds for the whole training call: targets, training, check, size "
+                   f"model and save (default for a fine-tune without --epochs: "
+                   f"{DEFAULT_TIME_BUDGET:g} s)")
     p.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop", type=int, default=224, help="training crop side (default 224)")
+    p.add_argument("--crop", type=int, help="training crop side (default: the recipe's, 224)")
     p.add_argument("--width", type=int, default=32, help="base width of a new model (32)")
     p.add_argument("--diam-mean", type=float, default=None,
                    help="object diameter a new model works at (default 30)")
@@ -71,12 +77,12 @@ class _TqdmProgress:
         from tqdm import tqdm
 
         bar = self.bars.get(stage)
-        if bar is None or bar.total != total:
-            if bar is not None:
-                bar.close()
+        if bar is None:
             bar = tqdm(total=total, desc=desc, unit="it" if stage != "flows" else "img",
                        dynamic_ncols=True, file=sys.stderr)
             self.bars[stage] = bar
+        elif bar.total != total:  # a time budget's estimate of the batches changes
+            bar.total = total
         return bar
 
     def __call__(self, ev) -> None:
@@ -95,7 +101,7 @@ class _TqdmProgress:
             from tqdm import tqdm
 
             ap = ev.info.get("val_ap")
-            tqdm.write(f"epoch {ev.done}/{ev.total}: loss {ev.info['loss']:.4f}, validation loss "
+            tqdm.write(f"epoch {ev.done}: loss {ev.info['loss']:.4f}, scored loss "
                        f"{ev.info['val_loss']:.4f}" + ("" if ap is None else f", AP@0.5 {ap:.3f}"),
                        file=sys.stderr)
 
@@ -153,7 +159,8 @@ def run_train(args: argparse.Namespace) -> int:
     stop, old = _sigint_event()
     try:
         res = train(args.model, images, labels, val_images=vi, val_labels=vl, recipe=recipe,
-                    epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+                    epochs=args.epochs, time_budget=args.time_budget, learning_rate=args.lr,
+                    batch_size=args.batch_size,
                     optimizer=args.optimizer, weight_decay=args.weight_decay, crop=args.crop,
                     rescale=not args.no_rescale, diameter=args.diameter, channels=channels,
                     min_masks=args.min_masks, n_per_epoch=args.n_per_epoch,
@@ -170,9 +177,11 @@ def run_train(args: argparse.Namespace) -> int:
            f"{res.seconds:.0f} s ({res.crops_per_second:.2f} crops/s); final loss "
            f"{h['loss'][-1]:.4f}" if h["loss"] else "stopped before the first epoch")
     print(msg, file=sys.stderr)
-    if res.best_epoch is not None:
-        print(f"kept the weights of epoch {res.best_epoch} (best validation)", file=sys.stderr)
-    print(f"model saved to {res.save_path}; checkpoint {res.checkpoint_path}", file=sys.stderr)
+    if res.note:
+        print(res.note, file=sys.stderr)
+    print(f"model saved to {res.save_path}"
+          + (f"; checkpoint {res.checkpoint_path}" if res.checkpoint_path else ""),
+          file=sys.stderr)
     print(res.save_path)
     return 0
 

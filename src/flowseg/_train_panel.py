@@ -10,8 +10,6 @@ loss plot; Cancel stops after the current batch and keeps the best weights so fa
 
 from __future__ import annotations
 
-import inspect
-import time
 from typing import Any
 
 from magicgui.widgets import Container, FloatSpinBox, LineEdit, PushButton
@@ -51,6 +49,8 @@ def training_words(ev: ProgressEvent) -> str:
         return f"Reading the training set {ev.done}/{ev.total}"
     if ev.stage == "flows":
         return f"Preparing the training images {ev.done}/{ev.total}"
+    if ev.stage == "check":
+        return "Checking the model on your corrected images"
     if ev.stage == "size":
         return f"Measuring cell sizes for the new model {ev.done}/{ev.total}"
     if ev.stage == "compare":
@@ -167,11 +167,15 @@ class TrainSection(Container):
     def _trained(self, out: dict) -> None:
         path = out["path"]
         self.owner.refresh_models(select=str(path))
-        lines = [f"Saved model {path.stem!r}; it is selected in the Segment tab."]
+        first = f"Saved model {path.stem!r}"
         if out["cancelled"]:
-            lines[0] = f"Stopped early: saved model {path.stem!r} (best so far); it is selected."
-        if out.get("note"):
-            lines.append(str(out["note"]))
+            first = f"Stopped early. {first}"
+        if not out["improved"]:
+            first += " with the weights of the model you started from"
+        lines = [first + "; it is selected in the Segment tab."]
+        if out["note"]:
+            note = str(out["note"])
+            lines.append(note[:1].upper() + note[1:] + ("" if note.endswith(".") else "."))
         if out["held_out"] is None:
             lines.append("No held-out image yet: add a second image to compare models.")
         elif out["cancelled"]:
@@ -180,14 +184,13 @@ class TrainSection(Container):
             lines.append(f"Held-out image {out['held_out']!r}: AP@0.5 old model "
                          f"{_ap_text(out['ap_old'])} → new model {_ap_text(out['ap_new'])}.")
         self.result.setText("\n".join(lines))
-        self.job.set_text(f"Done in {out['seconds'] / 60:.1f} min, {out['epochs']} epochs.")
+        self.job.set_text(f"Done in {out['seconds'] / 60:.1f} min.")
         show_info(lines[0])
         self.suggest_name()
 
 
 def _work(req: dict, progress: Any, cancel: Any) -> dict:
     """Train on the set, then score the old and the new model on the held-out image."""
-    from ._model_registry import default_checkpoint_path
     from .engine.model import Model
     from .engine.train import train
     from .engine.validate import segmentation_ap
@@ -196,23 +199,12 @@ def _work(req: dict, progress: Any, cancel: Any) -> dict:
     held = ts.held_out()
     images, labels, names = ts.load(ts.training_names(), progress=progress, cancel=cancel)
     base = Model.load(req["base"], device=req["device"])
-    budget: dict = {"time_budget": req["budget"]}
-    stop = cancel
-    if "time_budget" not in inspect.signature(train).parameters:
-        # TEMPORARY until train(time_budget=) lands (helper A): stop at the deadline through
-        # the cancel protocol (train() then keeps the best weights so far)
-        deadline = time.monotonic() + req["budget"]
-        budget = {}
-
-        def stop() -> bool:
-            return cancel.is_set() or time.monotonic() > deadline
-    res = train(base, images, labels, channels=ts.channels, names=names, **budget,
-                save_path=req["path"], checkpoint_path=default_checkpoint_path(req["path"]),
-                progress=progress, cancel=stop)
-    res.cancelled = cancel.is_set()  # TEMPORARY (see above): a deadline is not a cancel
+    res = train(base, images, labels, channels=ts.channels, names=names,
+                time_budget=req["budget"], save_path=req["path"], progress=progress,
+                cancel=cancel)
     out = {"path": req["path"], "cancelled": res.cancelled, "held_out": held,
-           "note": getattr(res, "note", ""), "seconds": res.seconds,
-           "epochs": len(res.history["epoch"]), "ap_old": None, "ap_new": None}
+           "improved": res.improved, "note": res.note, "seconds": res.seconds,
+           "ap_old": None, "ap_new": None}
     if held is None or res.cancelled:
         return out
     msg = f"Comparing the old and the new model on {held!r}"
@@ -222,8 +214,8 @@ def _work(req: dict, progress: Any, cancel: Any) -> dict:
         out["ap_old"] = segmentation_ap(base, [himg], [hlab], channels=ts.channels,
                                         cancel=cancel)
         report(progress, "compare", 1, 2, msg)
-        out["ap_new"] = segmentation_ap(res.model, [himg], [hlab], channels=ts.channels,
-                                        cancel=cancel)
+        out["ap_new"] = (segmentation_ap(res.model, [himg], [hlab], channels=ts.channels,
+                                         cancel=cancel) if res.improved else out["ap_old"])
         report(progress, "compare", 2, 2, msg)
     except Cancelled:  # the model is saved; only the comparison was stopped
         out["cancelled"] = True

@@ -9,33 +9,43 @@ Recipes
     pass fewer (the schedule scales with ``epochs``).
 ``finetune``
     Human-in-the-loop defaults for a handful of corrected images starting from a trained
-    model: 100 epochs, AdamW with learning rate 0.005 (5 epochs warm-up, the same final
-    decay), weight decay 1e-4; each epoch draws at least 16 crops (two batches) however few
-    the images.  Measured on synthetic data (3 images of a new style on which the starting
-    model has AP@0.5 0.04): with one batch per epoch AdamW 5e-3 reached AP 0.6-0.9 after
-    60-100 epochs but not reliably, AdamW 1e-3 only 0.21, and SGD (0.02-0.1, momentum 0.9)
-    stalled at a loss of ~1.4 with AP 0.0; with two batches per epoch AdamW 5e-3 reached
-    0.98 in 60 epochs.  Hence AdamW here, although SGD works well from scratch.
+    model: a time budget (:data:`DEFAULT_TIME_BUDGET` seconds for the whole call) instead of
+    a number of epochs, AdamW with learning rate 0.001 and weight decay 1e-4, 128-pixel
+    crops, batch 8; per-step warm-up (10 steps, at most a third of the run) and a half-cosine
+    decay over the last 40 % of the time (:func:`flowseg.engine.budget.step_lr`); each epoch
+    draws at least 16 crops (two batches) however few the images.  With ``epochs=`` it runs
+    100 epochs by default, with the per-epoch schedule of ``from_scratch`` and a 5-epoch
+    warm-up (per step for runs too short for it).  The choice of these settings, measured on
+    real images of new modalities, is in ``docs/training.md`` ("Fast fine-tuning").  The
+    previous defaults (AdamW 0.005, 224-pixel crops, 100 epochs) reached AP@0.5 0.98 in 60
+    epochs on 3 synthetic images for a width-8 model, but took 24 minutes for 3 real images
+    with a width-32 model, and at 0.005 three epochs without warm-up could blow up the cell
+    probability of a good model.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RECIPES", "resolve_recipe", "lr_schedule", "make_optimizer", "flow_loss"]
+from .budget import DEFAULT_TIME_BUDGET
+
+__all__ = ["DEFAULT_TIME_BUDGET", "RECIPES", "flow_loss", "lr_schedule", "make_optimizer",
+           "resolve_recipe"]
 
 RECIPES: dict[str, dict] = {
     "from_scratch": {
         "epochs": 500, "learning_rate": 0.2, "optimizer": "sgd", "momentum": 0.9,
-        "weight_decay": 1e-5, "warmup": 10, "batch_size": 8, "min_per_epoch": 8,
+        "weight_decay": 1e-5, "warmup": 10, "batch_size": 8, "min_per_epoch": 8, "crop": 224,
+        "time_budget": None,
     },
     "finetune": {
-        "epochs": 100, "learning_rate": 0.005, "optimizer": "adamw", "momentum": 0.9,
-        "weight_decay": 1e-4, "warmup": 5, "batch_size": 8, "min_per_epoch": 16,
+        "epochs": 100, "learning_rate": 0.001, "optimizer": "adamw", "momentum": 0.9,
+        "weight_decay": 1e-4, "warmup": 5, "batch_size": 8, "min_per_epoch": 16, "crop": 128,
+        "time_budget": DEFAULT_TIME_BUDGET, "warmup_steps": 10, "decay": 0.4,
     },
 }
 
@@ -68,6 +78,8 @@ def resolve_recipe(recipe: str | None, **overrides) -> dict:
         raise ValueError(f"learning_rate must be > 0, got {cfg['learning_rate']}")
     if float(cfg["weight_decay"]) < 0:
         raise ValueError(f"weight_decay must be >= 0, got {cfg['weight_decay']}")
+    if cfg.get("crop") is not None:
+        cfg["crop"] = int(cfg["crop"])
     if int(cfg["batch_size"]) < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg['batch_size']}")
     opt = str(cfg["optimizer"]).lower()

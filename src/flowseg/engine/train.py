@@ -5,123 +5,45 @@ The loop follows the Cellpose method: targets are the unit flows of each label i
 mirrored and zoomed around the model's object diameter (:mod:`flowseg.engine.augment`),
 and the loss is ``MSE(flows_out, 5 * flows) / 2 + BCE(cellprob_logit, foreground)``
 (:mod:`flowseg.engine.schedule`, which also holds the two recipes ``from_scratch`` and
-``finetune``).
+``finetune``).  The epochs run in :mod:`flowseg.engine.trainloop`.
 
-Runs are resumable: a checkpoint (:mod:`flowseg.engine.checkpoint`) is written every
-``checkpoint_every`` minutes, at the end and on cancel; ``train(..., resume=path)``
-continues it (the same data must be passed again).  With the same ``seed``, a resumed
-run ends with the same weights as an uninterrupted one.
+A fine-tune (recipe ``finetune``) from a trained model runs for a *time budget* by default
+(:mod:`flowseg.engine.budget`): the whole call -- targets, training, the check, the size
+model and the save -- ends within about ``time_budget`` seconds.  It never returns a model
+worse than its start: the start model is scored first (on validation images, or by the quick
+check on windows of the training images, :mod:`flowseg.engine.finecheck`) and a trained
+candidate is kept only if it scores better; the size model keeps the start model's
+regression and only re-fits its offset (:func:`flowseg.engine.size.calibrate_size_model`).
+
+Runs of fixed epochs are resumable: a checkpoint (:mod:`flowseg.engine.checkpoint`) is
+written every ``checkpoint_every`` minutes, at the end and on cancel; ``train(...,
+resume=path)`` continues it (the same data must be passed again).  With the same ``seed``, a
+resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .batches import BatchMaker
+from .budget import TimeBudget
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .progress import Cancelled, check_cancel, report
-from .schedule import RECIPES, flow_loss, lr_schedule, make_optimizer, resolve_recipe
-from .trainprep import SampleSet, prepare_samples
-from .validate import validate
+from .finetune import make_scorer, outcome, reserve_time
+from .registry import default_checkpoint_path
+from .schedule import RECIPES, lr_schedule, make_optimizer, resolve_recipe
+from .trainfinish import finish_model, size_views
+from .trainloop import TrainLoop
+from .trainprep import prepare_samples
+from .trainsetup import TrainResult, base_scales, check_writable, resolve_model
 
-__all__ = ["train", "TrainResult", "RECIPES"]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns; unpacks as ``model, history = train(...)``.
-
-    Attributes
-    ----------
-    model : flowseg.Model
-        The trained model (the best by validation when validation data was given,
-        else the last), in eval mode, with its training record in ``model.meta``.
-    history : dict
-        Per-epoch lists: ``epoch``, ``loss``, ``lr``, ``seconds``; per validation:
-        ``val_epoch``, ``val_loss``, ``val_ap`` (AP@0.5 mean, None when unavailable).
-    best_epoch : int or None
-        1-based epoch whose weights were kept, None when no validation ran.
-    cancelled : bool
-        Whether ``cancel`` stopped the run early.
-    save_path, checkpoint_path : Path or None
-        Files written.
-    seconds : float
-        Wall-clock training time, including the earlier runs of a resumed training.
-    crops_per_second : float
-        Training throughput of this call's epochs.
-    """
-
-    model: Any
-    history: dict
-    best_epoch: Optional[int] = None
-    cancelled: bool = False
-    save_path: Optional[Path] = None
-    checkpoint_path: Optional[Path] = None
-    seconds: float = 0.0
-    crops_per_second: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def __iter__(self):
-        yield self.model
-        yield self.history
-
-
-def _check_writable(path: Optional[os.PathLike], overwrite: bool, what: str) -> Optional[Path]:
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise ValueError(f"{what} {p} is a folder; give a file name")
-    if not p.parent.is_dir():
-        raise FileNotFoundError(f"the folder of the {what} {p} does not exist")
-    try:  # a real write also catches read-only file systems (and works for root)
-        if not os.access(p.parent, os.W_OK | os.X_OK):
-            raise OSError
-        fd, tmp = tempfile.mkstemp(prefix=".flowseg-write-test.", dir=p.parent)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError:
-        raise PermissionError(f"cannot write the {what} {p}: folder {p.parent} is read-only"
-                              ) from None
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{what} {p} already exists (pass overwrite=True to replace it)")
-    return p
-
-
-def _resolve_model(model: Any, width: int, diam_mean: Optional[float], seed: Optional[int]):
-    from .model import Model
-
-    if model is None:
-        return Model.new(width=width, nchan=2, diam_mean=30.0 if diam_mean is None else diam_mean,
-                         seed=seed)
-    if isinstance(model, Model):
-        return model.copy()
-    if isinstance(model, (str, os.PathLike)):
-        return Model.load(model)
-    raise ValueError(f"model must be a flowseg Model, a model name or path, or None; got "
-                     f"{type(model).__name__}")
-
-
-def _epoch_indices(rng: np.random.Generator, n: int, n_per_epoch: int) -> np.ndarray:
-    reps = -(-n_per_epoch // n)
-    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:n_per_epoch]
-
-
-def _base_scales(samples: SampleSet, diam_mean: float, rescale: bool,
-                 diameter: Optional[float]) -> np.ndarray:
-    if not rescale:
-        return np.ones(len(samples))
-    d = np.full(len(samples), float(diameter)) if diameter else samples.diameters
-    return np.clip(diam_mean / np.maximum(d, 1e-3), 0.125, 8.0)
+__all__ = ["RECIPES", "TrainResult", "train"]
 
 
 def train(
@@ -129,36 +51,37 @@ def train(
     images: Sequence[np.ndarray] = (),
     labels: Sequence[np.ndarray] = (),
     *,
-    val_images: Optional[Sequence[np.ndarray]] = None,
-    val_labels: Optional[Sequence[np.ndarray]] = None,
-    recipe: Optional[str] = None,
-    epochs: Optional[int] = None,
-    learning_rate: Optional[float] = None,
-    batch_size: Optional[int] = None,
-    optimizer: Optional[str] = None,
-    weight_decay: Optional[float] = None,
-    momentum: Optional[float] = None,
-    warmup: Optional[int] = None,
-    crop: int = 224,
+    val_images: Sequence[np.ndarray] | None = None,
+    val_labels: Sequence[np.ndarray] | None = None,
+    recipe: str | None = None,
+    epochs: int | None = None,
+    time_budget: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    weight_decay: float | None = None,
+    momentum: float | None = None,
+    warmup: int | None = None,
+    crop: int | None = None,
     rescale: bool = True,
-    diameter: Optional[float] = None,
-    channels: Optional[Sequence[Optional[int]]] = None,
+    diameter: float | None = None,
+    channels: Sequence[int | None] | None = None,
     min_masks: int = 1,
-    n_per_epoch: Optional[int] = None,
-    val_every: Optional[int] = None,
-    names: Optional[Sequence[str]] = None,
-    anisotropy: Optional[float] = None,
+    n_per_epoch: int | None = None,
+    val_every: int | None = None,
+    names: Sequence[str] | None = None,
+    anisotropy: float | None = None,
     width: int = 32,
-    diam_mean: Optional[float] = None,
-    save_path: Optional[os.PathLike] = None,
+    diam_mean: float | None = None,
+    save_path: os.PathLike | None = None,
     overwrite: bool = False,
-    checkpoint_path: Optional[os.PathLike] = None,
+    checkpoint_path: os.PathLike | None = None,
     checkpoint_every: float = 10.0,
-    resume: Optional[os.PathLike] = None,
+    resume: os.PathLike | None = None,
     progress=None,
     cancel=None,
-    seed: Optional[int] = None,
-    threads: Optional[int] = None,
+    seed: int | None = None,
+    threads: int | None = None,
     workers: int = 0,
 ) -> TrainResult:
     """Train a model from scratch or fine-tune one on image / label pairs.
@@ -173,13 +96,24 @@ def train(
         integer instance labels (0 = background).
     val_images, val_labels : sequences of np.ndarray, optional
         Held-out pairs: validation loss and AP@0.5 (segmenting with the true diameter)
-        every ``val_every`` epochs; the best weights by AP are kept.
+        every ``val_every`` epochs; the best weights by AP are kept (for a fine-tune, the
+        start model is validated first and kept unless a trained state beats it).
     recipe : {"from_scratch", "finetune"}, optional
         Defaults for the settings below (see :data:`RECIPES`); default ``"finetune"``.
-    epochs, learning_rate, batch_size, optimizer, weight_decay, momentum, warmup
-        Override the recipe (``optimizer``: ``"sgd"`` or ``"adamw"``).
-    crop : int
-        Side of the square training crops (a multiple of 8).
+    epochs : int, optional
+        Train this many epochs.  Without it a fine-tune runs for its time budget, a
+        ``from_scratch`` run for the recipe's epochs.
+    time_budget : float, optional
+        Seconds of wall-clock time for the *whole* call: targets, training, checks, size
+        model and save (training stops early enough to finish the rest in time).  Default:
+        the ``finetune`` recipe's budget (about 100 s, so ``flowseg train`` on 1-3 images
+        of ~1 MP ends within 2 minutes on a 2-core CPU) when neither ``epochs`` nor
+        ``resume`` is given, else none.  With ``epochs`` too, training stops at whichever
+        comes first.  Runs under a budget write no checkpoint and cannot be resumed.
+    learning_rate, batch_size, optimizer, weight_decay, momentum, warmup
+        Override the recipe (``optimizer``: ``"sgd"`` or ``"adamw"``; ``warmup`` in epochs).
+    crop : int, optional
+        Side of the square training crops (a multiple of 8; default: the recipe's).
     rescale : bool
         Zoom every image so its median object diameter becomes the model's ``diam_mean``.
     diameter : float, optional
@@ -192,7 +126,9 @@ def train(
         Crops per epoch (default: the number of 2D training samples, at least the
         recipe's ``min_per_epoch`` and ``batch_size``).
     val_every : int, optional
-        Validate every this many epochs (default: ``max(1, epochs // 10)``) and at the end.
+        Score every this many epochs (default: ``max(1, epochs // 10)``; the check of a
+        fine-tune of under 8 epochs without validation images: at the end only) and at the
+        end.  Under a time budget: at half the training time and at the end.
     names : sequence of str, optional
         Image names for the training record.
     anisotropy : float, optional
@@ -202,17 +138,26 @@ def train(
     save_path : path, optional
         Save the final model here (atomically; an existing file only with ``overwrite``).
     checkpoint_path : path, optional
-        Checkpoint file (default: ``save_path`` + ``".ckpt"`` when saving).
+        Checkpoint file (default when saving: ``save_path`` + ``".ckpt"``, or for a model
+        in the user model folder the same name in the checkpoint folder,
+        :func:`flowseg.engine.registry.default_checkpoint_path`); not written under a
+        time budget.
     checkpoint_every : float
         Minutes between checkpoints (0: every epoch); one is also written at the end and
         on cancel.
     resume : path, optional
         A checkpoint to continue from (pass the same data and settings).
     progress, cancel
-        The engine's progress / cancel protocol.  Stages: ``"flows"``, ``"train"`` (one
-        event per batch, ``info`` has ``epoch``, ``loss``, ``lr``), ``"epoch"``,
-        ``"validate"``.  On cancel, training stops after the current batch and the best
-        (or last) model is returned and saved.
+        The engine's progress / cancel protocol.  Stages, in order: ``"flows"`` (targets,
+        one event per image), ``"check"`` (scoring the start model of a fine-tune, and
+        later candidates), ``"train"`` (one event per batch; ``done`` / ``total`` count
+        batches, ``total`` is an estimate under a time budget; ``info`` has ``epoch``,
+        ``loss``, ``lr``, ``elapsed`` -- seconds since the call began -- and ``budget`` --
+        seconds or None), ``"epoch"`` (``info``: ``loss``, ``lr``, ``elapsed``, ``budget``,
+        and ``val_loss`` / ``val_ap`` when scored), ``"validate"`` (validation images),
+        ``"size"`` (the size model).  On cancel, training stops after the current batch
+        and the best *scored* weights are returned and saved: for a fine-tune the start
+        model's unless a trained state checked better; never an unscored state.
     seed : int, optional
         Makes crops and their order reproducible.
     threads : int, optional
@@ -226,7 +171,8 @@ def train(
     Returns
     -------
     TrainResult
-        Unpacks as ``(model, history)``.
+        Unpacks as ``(model, history)``; ``improved`` and ``note`` say whether a fine-tune
+        kept trained weights or its start's, and why.
 
     Raises
     ------
@@ -236,8 +182,12 @@ def train(
     t_start = time.monotonic()
     cfg = resolve_recipe(recipe, epochs=epochs, learning_rate=learning_rate,
                          batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
-                         momentum=momentum, warmup=warmup)
-    crop = int(crop)
+                         momentum=momentum, warmup=warmup, crop=crop)
+    if time_budget is None and epochs is None and resume is None:
+        time_budget = cfg.get("time_budget")
+    budget = TimeBudget(time_budget, start=t_start)
+    n_epochs = cfg["epochs"] if (epochs is not None or budget.seconds is None) else None
+    crop = int(cfg["crop"])
     if crop < 16 or crop % 8:
         raise ValueError(f"crop must be a multiple of 8 and >= 16, got {crop}")
     if diameter is not None and not float(diameter) > 0:
@@ -246,10 +196,15 @@ def train(
         raise ValueError("give both val_images and val_labels, or neither")
     if int(workers) < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    save_path = _check_writable(save_path, overwrite, "model file")
-    if checkpoint_path is None and save_path is not None:
-        checkpoint_path = save_path.with_name(save_path.name + ".ckpt")
-    checkpoint_path = _check_writable(checkpoint_path, True, "checkpoint file")
+    if resume is not None and budget.seconds is not None:
+        raise ValueError("a run under a time budget cannot resume a checkpoint; give epochs= "
+                         "to resume, or fine-tune the saved model again")
+    save_path = check_writable(save_path, overwrite, "model file")
+    if budget.seconds is not None:
+        checkpoint_path = None
+    elif checkpoint_path is None and save_path is not None:
+        checkpoint_path = default_checkpoint_path(save_path)
+    checkpoint_path = check_writable(checkpoint_path, True, "checkpoint file")
     ck = load_checkpoint(resume) if resume is not None else None
     seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else int(seed)
     if ck is not None and model is None:  # rebuild the checkpoint's network (any width)
@@ -257,156 +212,145 @@ def train(
 
         model = Model.from_state_dict(ck["net"], dict(ck["meta"]))
     else:
-        model = _resolve_model(model, width, diam_mean, seed)
+        model = resolve_model(model, width, diam_mean, seed)
     net = model.net
-    normalize = model.normalize
     samples = prepare_samples(images, labels, nchan=model.nchan, channels=channels,
-                              normalize=normalize, min_masks=min_masks, names=names,
+                              normalize=model.normalize, min_masks=min_masks, names=names,
                               anisotropy=anisotropy, progress=progress, cancel=cancel)
     val = None
     if val_images is not None:
         val = prepare_samples(val_images, val_labels, nchan=model.nchan, channels=channels,
-                              normalize=normalize, min_masks=min_masks, what="validation",
-                              cancel=cancel)
+                              normalize=model.normalize, min_masks=min_masks,
+                              what="validation", cancel=cancel)
     if ck is not None:
-        if list(ck["meta"].get("nbase", net.nbase)) != list(net.nbase):
-            raise ValueError(f"checkpoint {resume} is for a network of widths "
-                             f"{ck['meta'].get('nbase')}, not {net.nbase}")
-        net.load_state_dict(ck["net"])
-        old = ck["config"]
-        for k in ("epochs", "learning_rate", "optimizer", "batch_size", "crop"):
-            if k in old and old[k] != {**cfg, "crop": crop}[k]:
-                warnings.warn(f"resuming with {k}={({**cfg, 'crop': crop})[k]!r}, the "
-                              f"checkpoint used {old[k]!r}", stacklevel=2)
-        seed = int(old.get("seed", seed))
-        if bool(old.get("batch_seeds", False)) != (int(workers) > 0):
-            warnings.warn(f"resuming with workers={workers}: the checkpoint's batches were made "
-                          f"with workers {'>= 1' if old.get('batch_seeds') else '= 0'}, so the "
-                          "crops will differ from an uninterrupted run", stacklevel=2)
+        _resume_checks(ck, net, cfg, crop, int(workers), resume)
+        seed = int(ck["config"].get("seed", seed))
 
-    dm = model.diam_mean
-    scales = _base_scales(samples, dm, rescale, diameter)
+    scales = base_scales(samples, model.diam_mean, rescale, diameter)
     nper = (int(n_per_epoch) if n_per_epoch
             else max(len(samples), cfg["batch_size"], int(cfg.get("min_per_epoch", 0))))
-    nep = cfg["epochs"]
-    vevery = int(val_every) if val_every else max(1, nep // 10)
-    lrs = lr_schedule(nep, cfg["learning_rate"], cfg["warmup"])
+    vevery = int(val_every) if val_every else max(1, (n_epochs or 10) // 10)
+    if not val_every and val is None and n_epochs is not None and n_epochs < 8:
+        vevery = n_epochs  # a short checked run is checked once, at its end
+    nb = -(-nper // cfg["batch_size"])
+    lrs, warm_steps = _schedule(cfg, n_epochs, nb)
     cfg.update(crop=crop, rescale=bool(rescale), diameter=diameter, n_per_epoch=nper,
                val_every=vevery, seed=seed, min_masks=int(min_masks), anisotropy=anisotropy,
-               batch_seeds=int(workers) > 0,
+               batch_seeds=int(workers) > 0, time_budget=budget.seconds, epochs=n_epochs,
                channels=None if channels is None else list(channels))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = make_optimizer(net.parameters(), cfg)
     hist: dict = {"epoch": [], "loss": [], "lr": [], "seconds": [], "val_epoch": [],
-                  "val_loss": [], "val_ap": []}
-    best: Optional[dict] = None
+                  "val_loss": [], "val_ap": [], "check_epoch": [], "check_loss": [],
+                  "check_ap": []}
     start = 0
+    best = None
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
         set_rng_state(rng, ck["rng"])
-        hist = ck["history"]
+        hist = {**hist, **ck["history"]}
         best = ck["best"]
         start = int(ck["epoch"])
         t_start -= float(ck.get("seconds", 0.0))  # earlier runs count in the training time
 
+    # a fine-tune from a trained model is checked: scored before training, kept if not beaten
+    checked = cfg["recipe"] == "finetune" and model.meta.get("source") != "new"
+    scorer, prefix = make_scorer(model, samples, labels, scales, val, val_images, val_labels,
+                                 checked=checked, crop=crop, rescale=rescale,
+                                 channels=channels, seed=seed, progress=progress,
+                                 cancel=cancel)
+    start_size_model = model.meta.get("size_model") if checked else None
     old_threads = torch.get_num_threads()
     ncores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else os.cpu_count() or 1)
-    torch.set_num_threads(int(ncores))
     on_cpu = next(net.parameters()).device.type == "cpu"
     mf = torch.channels_last if on_cpu else torch.contiguous_format
-    net.to(memory_format=mf)
-    device = next(net.parameters()).device
-    nb = -(-nper // cfg["batch_size"])
-    total = nep * nb
-    cancelled = False
-    epoch = start
-    epoch_rng = rng_state(rng)
-    last_ck = time.monotonic()
-    n_crops, t_loop = 0, 0.0
     maker = BatchMaker(samples.images, samples.flows, samples.fgs, scales, crop, int(workers))
+    loop = TrainLoop(net=net, opt=opt, cfg=cfg, maker=maker, n_samples=len(samples),
+                     n_per_epoch=nper, epochs=n_epochs, lrs=lrs, warmup_steps=warm_steps,
+                     budget=budget, scorer=scorer, prefix=prefix, val_every=vevery, rng=rng,
+                     hist=hist, warmup_scores=not checked, best=best,
+                     checkpoint_every=checkpoint_every,
+                     progress=progress, cancel=cancel)
 
     def _checkpoint(done_epochs: int, rstate: dict) -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None:  # (a partial last epoch is not in the checkpoint)
+            h = {k: (v[:done_epochs] if k in ("epoch", "loss", "lr", "seconds") else v)
+                 for k, v in hist.items()}
             save_checkpoint(checkpoint_path, net_state=net.state_dict(),
                             optimizer_state=opt.state_dict(), epoch=done_epochs, config=cfg,
-                            history=hist, rng=rstate, meta=model.meta, best=best,
+                            history=h, rng=rstate, meta=model.meta, best=loop.best,
                             seconds=time.monotonic() - t_start)
 
+    loop.checkpoint = _checkpoint
+    torch.set_num_threads(int(ncores))
     try:
-        for epoch in range(start, nep):
-            epoch_rng = rng_state(rng)
+        try:
             t0 = time.monotonic()
-            for g in opt.param_groups:
-                g["lr"] = float(lrs[epoch])
-            net.train()
-            order = _epoch_indices(rng, len(samples), nper)
-            loss_sum = 0.0
-            for b, (idx, x, y) in enumerate(maker.epoch(rng, order, cfg["batch_size"])):
-                check_cancel(cancel)
-                xt = torch.from_numpy(x).to(device).contiguous(memory_format=mf)
-                out = net(xt)[0]
-                loss = flow_loss(out, torch.from_numpy(y).to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.item()) * len(idx)
-                n_crops += len(idx)
-                report(progress, "train", epoch * nb + b + 1, total, "",
-                       epoch=epoch + 1, loss=loss_sum / ((b * cfg["batch_size"]) + len(idx)),
-                       lr=float(lrs[epoch]))
-            dt = time.monotonic() - t0
-            t_loop += dt
-            hist["epoch"].append(epoch + 1)
-            hist["loss"].append(loss_sum / nper)
-            hist["lr"].append(float(lrs[epoch]))
-            hist["seconds"].append(dt)
-            info: dict = {"loss": loss_sum / nper, "lr": float(lrs[epoch])}
-            if val is not None and ((epoch + 1) % vevery == 0 or epoch + 1 == nep):
-                vloss, vap = validate(model, val, val_images, val_labels, crop=crop,
-                                      rescale=rescale, channels=channels, progress=progress,
-                                      cancel=cancel)
-                net.to(memory_format=mf)
-                hist["val_epoch"].append(epoch + 1)
-                hist["val_loss"].append(vloss)
-                hist["val_ap"].append(vap)
-                info.update(val_loss=vloss, val_ap=vap)
-                # best by AP@0.5, ties (e.g. all 0 early on) broken by the validation loss
-                score = [float(vap) if vap is not None else 0.0, -float(vloss)]
-                if best is None or score > list(best["score"]):
-                    best = {"epoch": epoch + 1, "score": score,
-                            "state_dict": {k: v.detach().clone() for k, v in
-                                           net.state_dict().items()}}
-            report(progress, "epoch", epoch + 1, nep, "", **info)
-            if checkpoint_every <= 0 or time.monotonic() - last_ck >= 60 * checkpoint_every:
-                _checkpoint(epoch + 1, rng_state(rng))
-                last_ck = time.monotonic()
-        epoch = nep
-        _checkpoint(nep, rng_state(rng))
-    except Cancelled:
-        cancelled = True
-        if len(hist["epoch"]) > epoch:  # stopped during validation: the epoch is complete
-            _checkpoint(epoch + 1, rng_state(rng))
-            epoch += 1
-        else:  # the interrupted epoch is redone on resume: store the state at its start
-            _checkpoint(epoch, epoch_rng)
+            if checked and loop.best is None:  # the start model is the first candidate
+                loop.score(start)
+            reserve_time(budget, model, score_seconds=time.monotonic() - t0,
+                         views=size_views(cfg, start_size_model, samples))
+            net.to(memory_format=mf)
+            budget.start_training()
+            loop.run(start, mf, next(net.parameters()).device)
+            if checkpoint_path is not None:  # an interrupted epoch is redone on resume
+                _checkpoint(loop.epoch, loop.epoch_rng if loop.epoch_open else rng_state(rng))
+        finally:
+            maker.close()
+            net.to(memory_format=torch.contiguous_format)
+            net.eval()
+        improved, note = outcome(loop, checked, prefix)
+        if loop.best is not None:
+            net.load_state_dict(loop.best["state_dict"])
+        finish_model(model, samples, labels, cfg, hist, loop.best, cancelled=loop.cancelled,
+                     epochs_done=loop.epoch, seconds=time.monotonic() - t_start,
+                     progress=progress, start_size_model=start_size_model,
+                     improved=improved, note=note, images=images)
     finally:
-        maker.close()
         torch.set_num_threads(old_threads)
-        net.to(memory_format=torch.contiguous_format)
-        net.eval()
-
-    if best is not None:
-        net.load_state_dict(best["state_dict"])
-    from .trainfinish import finish_model
-
-    finish_model(model, samples, labels, cfg, hist, best, cancelled=cancelled, epochs_done=epoch,
-                 seconds=time.monotonic() - t_start, progress=progress)
     if save_path is not None:
         model.save(save_path, overwrite=overwrite)
-    best_epoch = None if best is None else int(best["epoch"])
+    best_epoch = None if loop.best is None else int(loop.best["epoch"])
     return TrainResult(model=model, history=hist, best_epoch=best_epoch,
-                       cancelled=cancelled, save_path=save_path, checkpoint_path=checkpoint_path,
-                       seconds=time.monotonic() - t_start,
-                       crops_per_second=n_crops / t_loop if t_loop > 0 else 0.0)
+                       cancelled=loop.cancelled, save_path=save_path,
+                       checkpoint_path=checkpoint_path, seconds=time.monotonic() - t_start,
+                       crops_per_second=loop.n_crops / loop.t_loop if loop.t_loop > 0 else 0.0,
+                       improved=improved, note=note)
+
+
+def _schedule(cfg: dict, n_epochs: int | None, nb: int) -> tuple[np.ndarray | None, int]:
+    """Per-epoch rates (None under a time budget) and per-step warm-up of a run.
+
+    Fixed epochs: the recipe's per-epoch schedule (:func:`lr_schedule`).  Its warm-up is
+    whole epochs, at most a fifth of the run -- none for runs under 5 epochs -- so a run too
+    short for the whole warm-up warms up per step instead, over the same number of steps
+    (capped to a third of the run by the loop).  Time budget: :func:`step_lr` with the
+    recipe's ``warmup_steps``.
+    """
+    if n_epochs is None:
+        return None, int(cfg.get("warmup_steps", 10))
+    w = int(cfg["warmup"])
+    if w <= n_epochs // 5:
+        return lr_schedule(n_epochs, cfg["learning_rate"], w), 0
+    return lr_schedule(n_epochs, cfg["learning_rate"], 0), max(1, w * nb)
+
+
+def _resume_checks(ck: dict, net, cfg: dict, crop: int, workers: int, resume) -> None:
+    if list(ck["meta"].get("nbase", net.nbase)) != list(net.nbase):
+        raise ValueError(f"checkpoint {resume} is for a network of widths "
+                         f"{ck['meta'].get('nbase')}, not {net.nbase}")
+    old = ck["config"]
+    if old.get("time_budget") is not None and old.get("epochs") is None:
+        raise ValueError(f"checkpoint {resume} is of a run under a time budget; it cannot be "
+                         "resumed (fine-tune its saved model again instead)")
+    net.load_state_dict(ck["net"])
+    for k in ("epochs", "learning_rate", "optimizer", "batch_size", "crop"):
+        if k in old and old[k] != {**cfg, "crop": crop}[k]:
+            warnings.warn(f"resuming with {k}={({**cfg, 'crop': crop})[k]!r}, the "
+                          f"checkpoint used {old[k]!r}", stacklevel=3)
+    if bool(old.get("batch_seeds", False)) != (workers > 0):
+        warnings.warn(f"resuming with workers={workers}: the checkpoint's batches were made "
+                      f"with workers {'>= 1' if old.get('batch_seeds') else '= 0'}, so the "
+                      "crops will differ from an uninterrupted run", stacklevel=3)
