@@ -176,3 +176,26 @@ def test_layer_hygiene_and_status_at_1280x720(make_napari_viewer, model_dir, sam
         assert wdg.native.visibleRegion().boundingRect().width() == wdg.native.width()
     qtbot.waitUntil(lambda: not [ly for ly in viewer.layers
                                  if _layers.role_of(ly) == "diameter_preview"], timeout=5000)
+
+
+def test_auto_model_chooses_by_style_for_segment_estimate_and_says_which(
+        make_napari_viewer, model_dir, qtbot):
+    """ "auto" (issue 17): the zoo picks a bundled model for the image and the status and
+    the masks' metadata name it; the size estimate resolves it the same way."""
+    s = make_sample(kind="nuclei", shape=(160, 160), diameter=16, seed=5)
+    viewer, w = _widget(make_napari_viewer)
+    c = w.controls
+    img = viewer.add_image(s.image[..., 0], name="fluo")
+    assert "auto" in [v for _, v in w.models.choices()]
+    c.model.value = "auto"
+    c.diameter.value = 16.0
+    c.run()
+    _idle(qtbot, w, 120000)
+    masks = next(ly for ly in viewer.layers if _layers.role_of(ly) == "masks")
+    chosen = masks.metadata["flowseg"]["params"]["model_chosen"]
+    assert chosen in ("nuclei", "cyto")
+    assert f"model {chosen!r}, chosen by style (auto)" in c.status.value
+    assert masks.data.max() > 0
+    c.estimate_diameter()
+    _idle(qtbot, w, 120000)
+    assert 8 < c.diameter.value < 32 and c.image.value is img

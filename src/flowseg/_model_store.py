@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ._model_registry import available_models
-from ._segment_request import LOAD_FILE
+from ._segment_request import AUTO_MODEL, LOAD_FILE
 
-__all__ = ["ModelStore", "devices"]
+__all__ = ["AUTO_LABEL", "ModelStore", "devices"]
+
+#: the picker's label of :data:`AUTO_MODEL`
+AUTO_LABEL = "auto (nearest style)"
 
 
 def devices() -> list[str]:
@@ -39,11 +42,11 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def choices(self) -> list[tuple[str, str]]:
-        """``(label, path)`` of every model, then the "load file…" entry."""
+        """``(label, path)`` of every model, then "auto" and the "load file…" entry."""
         items = [(label, str(path)) for label, path in available_models()]
         paths = {p for _, p in items}
         items += [(label, path) for label, path in self.extra if path not in paths]
-        return items + [(LOAD_FILE, LOAD_FILE)]
+        return items + [(AUTO_LABEL, AUTO_MODEL), (LOAD_FILE, LOAD_FILE)]
 
     def label_of(self, path: str | None) -> str | None:
         """The picker label of a model path (None when unknown)."""
@@ -68,13 +71,31 @@ class ModelStore:
                 self.cache[key] = Model.load(path, device=device)
             return self.cache[key]
 
+    def resolve(self, path: str, image: Any, *, channels: Any = None,
+                channel_axis: int | None = None, z_axis: int | None = None,
+                device: str = "cpu", cancel: Any = None) -> tuple[Any, str | None]:
+        """The model to run on ``image``: ``(model, chosen)``.
+
+        For :data:`AUTO_MODEL` the model zoo picks the bundled or user model whose training
+        style is nearest to the image's (:func:`flowseg.engine.zoo.choose_model`) and
+        ``chosen`` is its name; for any other choice ``chosen`` is None.  Safe in worker
+        threads.
+        """
+        if path != AUTO_MODEL:
+            return self.load(path, device), None
+        from .engine.zoo import choose_model
+
+        name, _ = choose_model(image, channels=channels, channel_axis=channel_axis,
+                               z_axis=z_axis, device=device, cancel=cancel)
+        return self.load(name, device), name
+
     def default_diameter(self, path: str | None, device: str = "cpu") -> float | None:
         """Median object diameter of the model's training images, when it records one.
 
         ``meta["diam_train"]`` (set by fine-tuning) is preferred over ``meta["diam_labels"]``;
         None when neither is known or the file cannot be read (the run will report why).
         """
-        if path in (None, LOAD_FILE):
+        if path in (None, LOAD_FILE, AUTO_MODEL):
             return None
         try:
             meta = getattr(self.load(str(path), device), "meta", None) or {}

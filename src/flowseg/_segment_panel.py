@@ -154,21 +154,31 @@ class SegmentPanel(SegmentForm):
         self.state.remember(req.layer)
         self.preview_circle.hide()
         store = self.models
-        if how == big.BLOCKWISE:
+        chosen: dict = {}  # the model "auto" chose
+
+        def load(data: Any, cax: Any, zax: Any, cancel: Any = None) -> Any:
+            model, chosen["name"] = store.resolve(req.model_path, data, channels=req.channels,
+                                                  channel_axis=cax, z_axis=zax,
+                                                  device=req.device, cancel=cancel)
+            return model
+
+        if how == big.BLOCKWISE:  # "auto" chooses on the central window of the middle slice
             return self.segment_job.start(
-                big.blockwise_work(lambda: store.load(req.model_path, req.device), req),
-                on_done=lambda res: self._add_block_outputs(req, res),
+                big.blockwise_work(lambda: load(*big.estimate_crop(req.data, req.channel_axis,
+                                                                   req.z_axis), None), req),
+                on_done=lambda res: self._add_block_outputs(req, res, chosen.get("name")),
                 on_error=self._error("segmentation"),
                 message=f"Loading the model for {req.layer.name} (block by block)")
 
         def work(progress: Any, cancel: Any) -> Any:
-            model = store.load(req.model_path, req.device)
-            return model.segment(np.asarray(req.data), progress=progress, cancel=cancel,
-                                 **req.engine_kwargs())
+            data = np.asarray(req.data)
+            model = load(data, req.channel_axis, req.z_axis, cancel)
+            return model.segment(data, progress=progress, cancel=cancel, **req.engine_kwargs())
 
-        return self.segment_job.start(work, on_done=lambda seg: self._add_outputs(req, seg),
-                                      on_error=self._error("segmentation"),
-                                      message=f"Loading the model for {req.layer.name}")
+        return self.segment_job.start(
+            work, on_done=lambda seg: self._add_outputs(req, seg, chosen.get("name")),
+            on_error=self._error("segmentation"),
+            message=f"Loading the model for {req.layer.name}")
 
     def _how_to_run(self, req: SegmentRequest) -> str:
         """Block by block (big or multiscale layer), in memory (it fits), or what the user
@@ -183,25 +193,27 @@ class SegmentPanel(SegmentForm):
             return big.IN_MEMORY
         return big.ask_blockwise(self.native, est, req.layer.name)
 
-    def _add_block_outputs(self, req: SegmentRequest, res: Any) -> None:
+    def _add_block_outputs(self, req: SegmentRequest, res: Any, chosen: str | None = None
+                           ) -> None:
         source = req.layer
         if source not in self.viewer.layers:
             show_warning(f"image layer {source.name!r} was removed during the run; the "
                          f"labels are in {res.path}")
             self.segment_job.set_text(f"The image was removed; labels in {res.path}.")
             return
-        params = {**req.record(), "diameter_used": float(res.diameter)}
+        params = {**req.record(), "diameter_used": float(res.diameter), "model_chosen": chosen}
         rec, kept = self.results.add_blocks(source, res, params, req.channel_axis)
         if self.image.value is source:
             self.viewer.layers.selection.active = rec.masks
-        text = (f"{res.n_objects} cells (diameter {res.diameter:.1f} px), block by block "
-                f"({res.plan.n_blocks} blocks); labels saved in {res.path}. {big.NO_FLOWS}")
+        text = (f"{res.n_objects} cells (diameter {res.diameter:.1f} px{_chosen(chosen)}), "
+                f"block by block ({res.plan.n_blocks} blocks); labels saved in {res.path}. "
+                f"{big.NO_FLOWS}")
         if kept:
             text += f" Your corrected {', '.join(repr(ly.name) for ly in kept)} was kept."
         self.segment_job.set_text(text)
         self.segmented.emit(source, rec.masks)
 
-    def _add_outputs(self, req: SegmentRequest, seg: Any) -> None:
+    def _add_outputs(self, req: SegmentRequest, seg: Any, chosen: str | None = None) -> None:
         source = req.layer
         if source not in self.viewer.layers:
             show_warning(f"image layer {source.name!r} was removed during the run; "
@@ -210,10 +222,11 @@ class SegmentPanel(SegmentForm):
             return
         params = req.record()
         params["diameter_used"] = float(seg.diameter)
+        params["model_chosen"] = chosen
         res, kept = self.results.add(source, seg, params, req.channel_axis)
         if self.image.value is source:
             self.viewer.layers.selection.active = res.masks
-        text = f"{seg.n_objects} cells (diameter {seg.diameter:.1f} px)"
+        text = f"{seg.n_objects} cells (diameter {seg.diameter:.1f} px{_chosen(chosen)})"
         if kept:
             names = ", ".join(repr(ly.name) for ly in kept)
             text += f". Your corrected {names} was kept; this run is in {res.masks.name!r}"
@@ -244,7 +257,6 @@ class SegmentPanel(SegmentForm):
         crop = big.goes_blockwise(req.layer)
 
         def work(progress: Any, cancel: Any) -> float:
-            model = store.load(req.model_path, req.device)
             data, cax, zax = req.data, req.channel_axis, req.z_axis
             if crop:  # a big image: its middle slice's central window, read alone
                 data, cax = big.estimate_crop(data, cax, zax)
@@ -252,6 +264,8 @@ class SegmentPanel(SegmentForm):
                 data = np.take(np.asarray(data), data.shape[zax] // 2, axis=zax)
                 if cax is not None and cax > zax:
                     cax -= 1
+            model, _ = store.resolve(req.model_path, np.asarray(data), channels=req.channels,
+                                     channel_axis=cax, device=req.device, cancel=cancel)
             return model.estimate_diameter(data, channels=req.channels, channel_axis=cax,
                                            progress=progress, cancel=cancel)
 
@@ -344,3 +358,8 @@ class SegmentPanel(SegmentForm):
             self.preview_circle.hide()
         except RuntimeError:  # Qt objects already deleted
             pass
+
+
+def _chosen(name: str | None) -> str:
+    """``"; model 'nuclei' (auto)"`` for the status line when "auto" chose, else ``""``."""
+    return "" if name is None else f"; model {name!r}, chosen by style (auto)"

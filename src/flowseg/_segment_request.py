@@ -20,9 +20,12 @@ from ._inputs import (
 )
 from ._session import ImageSettings
 
-__all__ = ["LOAD_FILE", "SegmentRequest", "default_settings", "make_request"]
+__all__ = ["AUTO_MODEL", "LOAD_FILE", "SegmentRequest", "default_settings", "make_request"]
 
 LOAD_FILE = "load file…"
+#: the model picker's "auto" entry: the model zoo chooses per image
+#: (:func:`flowseg.engine.zoo.choose_model`, as ``flowseg segment --model auto``)
+AUTO_MODEL = "auto"
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,13 @@ class TrackWidget(Container):
         models = self.models
 
         def work(progress, cancel):
-            model = models.load(req["model"], req["device"])
+            t = req["t_axis"]  # "auto" chooses the model on the first frame
+            first = np.asarray(np.take(req["data"], 0, axis=t))
+            cax, zax = req["channel_axis"], req["z_axis"]
+            model, _ = models.resolve(
+                req["model"], first, channels=req["channels"], device=req["device"],
+                channel_axis=None if cax is None else cax - (cax > t),
+                z_axis=None if zax is None else zax - (zax > t), cancel=cancel)
             return track(model, req["data"], t_axis=req["t_axis"],
                          diameter=req["diameter"], link=req["link"], channels=req["channels"],
                          channel_axis=req["channel_axis"], z_axis=req["z_axis"],

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar
 
 from ._jobs import Job, plain_words
 from ._loss_plot import LossPlot
+from ._segment_request import AUTO_MODEL
 from .engine.progress import Cancelled, ProgressEvent, report
 
 __all__ = ["TrainSection", "training_words"]
@@ -173,6 +174,9 @@ class TrainSection(Container):
         if not out["improved"]:
             first += " with the weights of the model you started from"
         lines = [first + "; it is selected in the Segment tab."]
+        if out.get("auto_base"):
+            lines.append(f"Started from {out['auto_base']!r}, the model whose training images "
+                         "look most like yours (auto).")
         if out["note"]:
             note = str(out["note"])
             lines.append(note[:1].upper() + note[1:] + ("" if note.endswith(".") else "."))
@@ -198,12 +202,19 @@ def _work(req: dict, progress: Any, cancel: Any) -> dict:
     ts = req["set"]
     held = ts.held_out()
     images, labels, names = ts.load(ts.training_names(), progress=progress, cancel=cancel)
-    base = Model.load(req["base"], device=req["device"])
+    auto_base = None
+    if req["base"] == AUTO_MODEL:  # the zoo's choice for the set's first training image
+        from .engine.zoo import choose_model
+
+        auto_base = choose_model(images[0], channels=ts.channels, device=req["device"],
+                                 cancel=cancel)[0]
+    base = Model.load(auto_base or req["base"], device=req["device"])
     res = train(base, images, labels, channels=ts.channels, names=names,
                 time_budget=req["budget"], save_path=req["path"], progress=progress,
                 cancel=cancel)
     out = {"path": req["path"], "cancelled": res.cancelled, "held_out": held,
            "improved": res.improved, "note": res.note, "seconds": res.seconds,
+           "auto_base": auto_base,
            "ap_old": None, "ap_new": None}
     if held is None or res.cancelled:
         return out
