@@ -34,7 +34,7 @@ def synthetic(size: int, seed: int = 1) -> np.ndarray:
     path = CACHE / f"nuclei_{size}_{seed}.npy"
     if path.is_file():
         return np.load(path)
-    from flowseg.engine.synthetic import make_sample
+    from flowseg.engine.data.synthetic import make_sample
 
     s = make_sample("nuclei", (size, size), seed=seed, noise=1.2, blur=1.2)
     img = (s.image[..., 0] / s.image.max() * 20000 + 100).astype(np.uint16)
@@ -79,7 +79,7 @@ def _peak_mb() -> float:
 
 
 def child_inmemory(args: argparse.Namespace) -> dict:
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     img = np.load(args.image)
     model = Model.load(args.model)
@@ -93,7 +93,7 @@ def child_inmemory(args: argparse.Namespace) -> dict:
 def child_blocks(args: argparse.Namespace) -> dict:
     from flowseg import segment_blocks
     from flowseg.engine.blocks import ClusterOptions
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     model = Model.load(args.model)
     t0 = time.perf_counter()
@@ -138,7 +138,7 @@ def main() -> None:
 
     from flowseg.engine.blocks import make_plan
     from flowseg.engine.blocks.quality import face_splits
-    from flowseg.engine.metrics import average_precision
+    from flowseg.engine.flows.metrics import average_precision
 
     img = synthetic(args.size) if args.source == "synthetic" else dsb_mosaic(args.data,
                                                                              args.size)

@@ -49,7 +49,7 @@ def child(args: argparse.Namespace) -> dict:
     import flowseg.engine  # noqa: F401  (OpenMP wait policy before torch loads)
     from flowseg import segment_blocks
     from flowseg.engine.blocks import ClusterOptions
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     shape = tuple(int(s) for s in args.shape.split(","))
     model = Model.load(args.model)

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_dynamics.py [--repeats 5] [--cases 512,2048,3d] [--no-compile]
     FLOWSEG_PEER_PYTHON=$(bash /work/shared/tools/peer_env.sh) python benchmarks/bench_dynamics.py
 
-Cases (synthetic touching cells from ``flowseg.engine.synthetic.make_labels``, seed 0,
+Cases (synthetic touching cells from ``flowseg.engine.data.synthetic.make_labels``, seed 0,
 diameters chosen to match the cell counts of the reference figures): 2D 512^2 (~215
 cells), 2D 2048^2 (~3581), 3D 96x128x128 (~81).  ``flows_to_masks`` gets the exact unit
 flows and ``cellprob = +-5``; the round trip is scored by AP at IoU 0.9.
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flowseg.engine.dynamics import compute_masks
-from flowseg.engine.flows import masks_to_flows
-from flowseg.engine.metrics import average_precision
-from flowseg.engine.synthetic import make_labels
+from flowseg.engine.data.synthetic import make_labels
+from flowseg.engine.flows.diffusion import masks_to_flows
+from flowseg.engine.flows.dynamics import compute_masks
+from flowseg.engine.flows.metrics import average_precision
 
 CASES = {
     "512": ((512, 512), 44.0),
@@ -65,7 +65,7 @@ def compile_times() -> dict:
     """First-call cost in a fresh process with an empty numba cache, and with the cache."""
     code = ("import time, numpy as np; t=time.perf_counter();"
             "from flowseg import masks_to_flows, flows_to_masks;"
-            "from flowseg.engine.synthetic import make_labels;"
+            "from flowseg.engine.data.synthetic import make_labels;"
             "l2=make_labels((64,64),20); l3=make_labels((16,32,32),12);"
             "t0=time.perf_counter();"
             "[flows_to_masks(masks_to_flows(l), np.where(l>0,5.,-5.)) for l in (l2,l3)];"

@@ -7,10 +7,10 @@ linked or converted into a temporary folder, never into the repository):
 ``nuclei-usiigaci``
     From the bundled ``nuclei`` model, fine-tune on 1 or 3 Usiigaci phase-contrast images of
     whole cells (the training part of the fixed split), score the 6 Usiigaci validation
-    images (``training/splits/usiigaci_val.txt``).
+    images (``recipes/splits/usiigaci_val.txt``).
 ``cyto-stained``
     From the bundled ``cyto`` model, fine-tune on 1 or 3 stained-tissue DSB 2018 images
-    (``training/data.py``'s ``image_kind``; converted to gray as for the bundled models),
+    (``recipes/data.py``'s ``image_kind``; converted to gray as for the bundled models),
     score the 11 stained images of the DSB validation split.
 
 Every AP is at the diameter the model *estimates* (no true diameters).  Each size is run
@@ -48,8 +48,8 @@ DIRECTIONS = {"nuclei-usiigaci": ("nuclei", "usiigaci"), "cyto-stained": ("cyto"
 
 def _load(kind: str, data: Path) -> dict:
     """Train pool and validation images of a direction (gray float32 images)."""
-    sys.path.insert(0, str(ROOT / "training"))
-    from data import load_source  # training/data.py: fixed splits, image kinds
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from data import load_source  # recipes/data.py: fixed splits, image kinds
 
     if kind == "usiigaci":
         d = load_source("usiigaci", data)
@@ -66,8 +66,8 @@ def _load(kind: str, data: Path) -> dict:
 
 def _score(model, images, labels) -> tuple[float, list, list, float]:
     """Mean AP@0.5 at the estimated diameter, per-image APs, diameters, seconds."""
-    from flowseg.engine.metrics import average_precision
-    from flowseg.engine.trainprep import median_diameter
+    from flowseg.engine.flows.metrics import average_precision
+    from flowseg.engine.training.prep import median_diameter
 
     t0 = time.monotonic()
     aps, diams = [], []
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="append every run as a JSON line to this file")
     args = ap.parse_args(argv)
 
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     extra = shlex.split(args.train_args)
     rows = []

@@ -65,7 +65,7 @@ def _status_kib(field: str) -> int:
 def _image(shape: tuple[int, ...], nchan: int, diameter: float, seed: int = 0):
     import numpy as np
 
-    from flowseg.engine.synthetic import make_sample
+    from flowseg.engine.data.synthetic import make_sample
 
     s = make_sample("nuclei", shape, diameter=diameter, seed=seed, noise=1.0, blur=1.0)
     img = (s.image[..., 0] / max(float(s.image.max()), 1e-6) * 20000 + 100).astype(np.uint16)
@@ -78,7 +78,7 @@ def _cached(case: dict) -> Path:
     """The case's image file (made here when missing)."""
     import numpy as np
 
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     diameter = case["diameter"] or Model.load(case["model"]).diam_mean
     name = "x".join(map(str, case["shape"])) + f"_c{case['nchan']}_d{diameter:g}.npy"
@@ -97,7 +97,7 @@ def one(case: dict) -> dict:
     import numpy as np
 
     import flowseg.engine  # noqa: F401  (OpenMP wait policy before torch loads)
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     shape, nchan = tuple(case["shape"]), int(case["nchan"])
     model = Model.load(case["model"])
@@ -126,8 +126,8 @@ def one(case: dict) -> dict:
 
 def predicted(case: dict) -> int:
     """The engine's estimate for a case."""
+    from flowseg.engine.inference.model import Model
     from flowseg.engine.memory import estimate_segment_memory
-    from flowseg.engine.model import Model
 
     model = Model.load(case["model"])
     shape, nchan = tuple(case["shape"]), int(case["nchan"])

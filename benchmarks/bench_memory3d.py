@@ -17,12 +17,12 @@ import argparse
 import resource
 import time
 
-import flowseg.engine  # noqa: F401  (OpenMP wait policy before torch loads)
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from flowseg.engine.model import Model
+import flowseg.engine  # noqa: F401  (OpenMP wait policy before torch loads)
+from flowseg.engine.inference.model import Model
 
 
 def make_volume(shape: tuple[int, int, int], diameter: float, seed: int = 0) -> np.ndarray:

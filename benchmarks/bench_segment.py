@@ -36,13 +36,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import flowseg.engine  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 import numpy as np
 import torch
 
-from flowseg.engine.metrics import average_precision, match_stats
-from flowseg.engine.model import Model, available_models
-from flowseg.engine.synthetic import make_sample
+import flowseg.engine  # noqa: F401  (sets the OpenMP wait policy before torch loads)
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.flows.metrics import average_precision, match_stats
+from flowseg.engine.inference.base import available_models
+from flowseg.engine.inference.model import Model
 
 HERE = Path(__file__).resolve().parent
 

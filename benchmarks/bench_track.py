@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(DEFAULT))
     ap.add_argument("--frames", type=int, default=100)
     args = ap.parse_args()
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
     from flowseg.engine.tracking.driver import segment_frames
 
     src = tifffile.imread(args.data)[:, :, :512]

@@ -24,19 +24,19 @@ import numpy as np
 
 def _data(args):
     if args.data:
-        from flowseg.engine.datasets import load_folder
+        from flowseg.engine.io.datasets import load_folder
 
         f = load_folder(args.data, max_images=args.n_images)
         return f.images, f.labels
-    from flowseg.engine.synthetic import make_sample
+    from flowseg.engine.data.synthetic import make_sample
 
     s = [make_sample("cells", (args.size, args.size), seed=k) for k in range(args.n_images)]
     return [x.image for x in s], [x.labels for x in s]
 
 
 def _ours(images, labels, width, args) -> float:
-    from flowseg.engine.model import Model
-    from flowseg.engine.train import train
+    from flowseg.engine.inference.model import Model
+    from flowseg.engine.training.train import train
 
     res = train(Model.new(width=width, seed=0), images, labels, recipe="from_scratch",
                 epochs=args.epochs, batch_size=args.batch, crop=args.crop,
@@ -68,7 +68,7 @@ def main() -> None:
     images, labels = _data(args)
     npz = None
     if peer:
-        from flowseg.engine.trainprep import prepare_samples
+        from flowseg.engine.training.prep import prepare_samples
 
         s = prepare_samples(images, labels)  # same 2-channel, 1-99 % normalised input
         fd, npz = tempfile.mkstemp(suffix=".npz")

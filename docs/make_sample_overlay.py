@@ -42,7 +42,7 @@ def _overlay(gray: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int])
 
 def make(name: str) -> Path:
     from flowseg import average_precision  # noqa: F401  (used below)
-    from flowseg.engine.samples import load_sample
+    from flowseg.engine.data.samples import load_sample
 
     img, info = load_sample(name)
     with tempfile.TemporaryDirectory() as tmp:

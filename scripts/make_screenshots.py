@@ -131,7 +131,7 @@ def _loop_images(folder: Path, n: int = 4) -> dict:
     import numpy as np
     import tifffile
 
-    from flowseg.engine.synthetic import make_sample
+    from flowseg.engine.data.synthetic import make_sample
 
     folder.mkdir(parents=True, exist_ok=True)
     truth = {}

@@ -21,7 +21,7 @@ if importlib.util.find_spec("napari") is None or importlib.util.find_spec("qtpy"
 @pytest.fixture
 def model_dir(tmp_path, monkeypatch):
     """A user model folder (``FLOWSEG_MODEL_DIR``) holding one tiny untrained model."""
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     d = tmp_path / "models"
     d.mkdir()

@@ -15,9 +15,9 @@ pytest.importorskip("distributed")
 
 from flowseg import segment_blocks
 from flowseg.engine.blocks.quality import face_splits
-from flowseg.engine.metrics import average_precision
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.flows.metrics import average_precision
 from flowseg.engine.progress import Cancelled, ProgressCollector
-from flowseg.engine.synthetic import make_sample
 
 DIAM = 17.0
 BLOCK = 96  # 288 x 288 image: 3 x 3 blocks
@@ -38,7 +38,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def model():
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     return Model.load("nuclei")
 

@@ -14,8 +14,8 @@ pytest.importorskip("zarr", minversion="3")
 pytest.importorskip("distributed")
 
 from flowseg import segment_blocks
-from flowseg.engine.metrics import average_precision
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.flows.metrics import average_precision
 
 DIAM = 17.0
 
@@ -40,7 +40,7 @@ def image():
 
 @pytest.fixture(scope="module")
 def result(cluster, image, tmp_path_factory):
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     out = tmp_path_factory.mktemp("proc") / "labels.zarr"
     return segment_blocks(image, Model.load("nuclei"), block_size=128, diameter=DIAM, out=out,
@@ -48,7 +48,7 @@ def result(cluster, image, tmp_path_factory):
 
 
 def test_two_worker_processes_share_the_blocks(result, image):
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     assert result.n_segmented == 4
     assert result.workers == 2  # both processes segmented blocks

@@ -22,7 +22,7 @@ from flowseg.engine.blocks.prepare import (
 from flowseg.engine.blocks.quality import face_splits
 from flowseg.engine.blocks.source import open_source
 from flowseg.engine.blocks.store import create_output
-from flowseg.engine.transforms import normalize_percentile, prepare_channels
+from flowseg.engine.inference.transforms import normalize_percentile, prepare_channels
 
 
 # ----------------------------------------------------------------------------- plan
@@ -294,7 +294,7 @@ def test_cluster_options_are_checked():
 # ----------------------------------------------------------------------------- memory
 def test_default_3d_block_keeps_a_task_within_the_budget():
     from flowseg.engine.blocks.run import TASK_BUDGET, default_block_size, task_memory
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     model = Model.new(width=32, nchan=2, diam_mean=17.0, seed=0)
     shape = (2048, 2048, 2048)

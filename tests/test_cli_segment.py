@@ -7,8 +7,8 @@ import pytest
 import tifffile
 
 from flowseg.cli import main
-from flowseg.engine.model import Model
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.inference.model import Model
 
 
 @pytest.fixture()
@@ -59,7 +59,8 @@ def test_segment_sample_and_errors(tmp_path, model_file, capsys):
 
 
 def test_segment_auto_chooses_per_image(tmp_path, monkeypatch, capsys):
-    from flowseg.engine import registry, zoo
+    from flowseg.engine.inference import zoo
+    from flowseg.engine.io import registry
 
     bundled = tmp_path / "bundled"  # a tiny style reference instead of the bundled models
     bundled.mkdir()
@@ -89,7 +90,8 @@ def test_segment_auto_chooses_per_image(tmp_path, monkeypatch, capsys):
 
 
 def test_segment_auto_with_the_bundled_models(tmp_path, monkeypatch, capsys):
-    from flowseg.engine import registry, zoo
+    from flowseg.engine.inference import zoo
+    from flowseg.engine.io import registry
 
     if not all(n in registry.bundled_models() and zoo.model_style(Model.load(n))
                for n in ("nuclei", "cyto")):

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from flowseg.cli import main
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def folder(tmp_path):
 
 
 def test_train_then_eval(folder, tmp_path, capsys):
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     out = tmp_path / "m.pt"
     rc = main(["train", "--dir", str(folder), "--width", "8", "--crop", "64", "--epochs", "2",

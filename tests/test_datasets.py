@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from flowseg.engine.datasets import find_pairs, load_folder, read_labels, split_validation
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.io.datasets import find_pairs, load_folder, read_labels, split_validation
 
 
 @pytest.fixture
 def folder(tmp_path):
     import imageio.v3 as iio
 
-    from flowseg.engine.segfile import write_seg
+    from flowseg.engine.io.segfile import write_seg
 
     for k in range(3):
         s = make_sample("cells", (64, 64), diameter=16, seed=k)

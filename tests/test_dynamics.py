@@ -1,4 +1,4 @@
-"""Tests of flows -> masks (flowseg.engine.dynamics)."""
+"""Tests of flows -> masks (flowseg.engine.flows.dynamics)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from flowseg import flows_to_masks, masks_to_flows
-from flowseg.engine.dynamics import _fill_holes, compute_masks
-from flowseg.engine.metrics import average_precision
+from flowseg.engine.data.synthetic import make_labels
+from flowseg.engine.flows.dynamics import _fill_holes, compute_masks
+from flowseg.engine.flows.metrics import average_precision
 from flowseg.engine.progress import Cancelled, ProgressCollector
-from flowseg.engine.synthetic import make_labels
 
 
 def _cellprob(lab):
@@ -178,7 +178,7 @@ def test_round_trip_large(shape, diameter, min_ap):
 
 
 def test_warmup_runs():
-    from flowseg.engine.dynamics import warmup
+    from flowseg.engine.flows.dynamics import warmup
 
     warmup((2,))
 
@@ -206,7 +206,7 @@ def test_same_masks_as_cellpose3(tmp_path, peer_python):
 
 
 def test_warmup_in_background_runs_once_and_compiles():
-    from flowseg.engine.dynamics import warmup_in_background
+    from flowseg.engine.flows.dynamics import warmup_in_background
 
     th = warmup_in_background()
     assert warmup_in_background() is th  # once per process
@@ -218,7 +218,7 @@ def test_cellpose3_sampling_steps_like_cellpose():
     """The opt-in 3D sampling reads the flow at p * n / (n - 1) - 0.5 (zero outside) and
     steps twice the flow; checked on a constant field, where only the border weights and
     the gain matter."""
-    from flowseg.engine import dynamics_kernels as KD
+    from flowseg.engine.flows import dynamics_kernels as KD
 
     D, H, W = 5, 6, 7
     fl = np.zeros((D, H, W, 3), np.float32)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from flowseg.engine.budget import TimeBudget, step_lr
-from flowseg.engine.finecheck import check_model, make_check_set
-from flowseg.engine.metrics import average_precision
-from flowseg.engine.model import Model
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.flows.metrics import average_precision
+from flowseg.engine.inference.model import Model
 from flowseg.engine.progress import ProgressCollector
-from flowseg.engine.synthetic import make_sample
-from flowseg.engine.train import train
-from flowseg.engine.trainprep import prepare_samples
+from flowseg.engine.training.budget import TimeBudget, step_lr
+from flowseg.engine.training.prep import prepare_samples
+from flowseg.engine.training.quickcheck import check_model, make_check_set
+from flowseg.engine.training.train import train
 
 STYLE = {"kind": "phase", "elongation": 3.0, "with_nuclei": False}
 

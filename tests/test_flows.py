@@ -1,4 +1,4 @@
-"""Tests of labels -> flows (flowseg.engine.flows.masks_to_flows)."""
+"""Tests of labels -> flows (flowseg.engine.flows.diffusion.masks_to_flows)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flowseg import masks_to_flows
-from flowseg.engine.synthetic import make_labels
+from flowseg.engine.data.synthetic import make_labels
 
 
 def _disk(shape, c, r):

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from flowseg.engine import model as model_mod
-from flowseg.engine.io import FORMAT, ModelFileError, load_model_file, save_model_file
-from flowseg.engine.model import Model, available_models
-from flowseg.engine.size import fit_size_model, mask_diameters, style_diameter
-from flowseg.engine.synthetic import make_labels, make_sample
+from flowseg.engine.data.synthetic import make_labels, make_sample
+from flowseg.engine.inference import base as model_mod
+from flowseg.engine.inference.base import available_models
+from flowseg.engine.inference.model import Model
+from flowseg.engine.inference.size import fit_size_model, mask_diameters, style_diameter
+from flowseg.engine.io.modelfile import FORMAT, ModelFileError, load_model_file, save_model_file
 
 
 def test_save_load_roundtrip_and_metadata(tmp_path):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from flowseg.engine import memory
+from flowseg.engine.inference.model import Model
 from flowseg.engine.memory import MemoryEstimate, estimate_segment_memory, format_bytes
-from flowseg.engine.model import Model
 
 GB = 2 ** 30
 
@@ -94,7 +94,7 @@ def _can_measure() -> bool:
 def test_estimate_is_close_above_a_measured_peak(tmp_path, nuclei):
     """A fresh process segments a 512 x 512 image: the estimate is within -15 % / +60 % of
     its measured working memory (repeated measurements vary by ~10 %)."""
-    from flowseg.engine.synthetic import make_sample
+    from flowseg.engine.data.synthetic import make_sample
 
     s = make_sample("nuclei", (512, 512), seed=0, noise=1.0, blur=1.0)
     img = (s.image[..., 0] / s.image.max() * 20000 + 100).astype(np.uint16)

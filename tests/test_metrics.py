@@ -1,4 +1,4 @@
-"""Tests of the matching metrics (flowseg.engine.metrics)."""
+"""Tests of the matching metrics (flowseg.engine.flows.metrics)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from flowseg import average_precision
-from flowseg.engine.metrics import aggregated_jaccard, match_stats
-from flowseg.engine.synthetic import make_labels
+from flowseg.engine.data.synthetic import make_labels
+from flowseg.engine.flows.metrics import aggregated_jaccard, match_stats
 
 
 def test_identical_and_permuted_ids():

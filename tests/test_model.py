@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from flowseg.engine.flows import masks_to_flows
-from flowseg.engine.metrics import average_precision
-from flowseg.engine.model import Model
+from flowseg.engine.data.synthetic import make_labels, make_sample
+from flowseg.engine.flows.diffusion import masks_to_flows
+from flowseg.engine.flows.metrics import average_precision
+from flowseg.engine.inference.model import Model
+from flowseg.engine.network.tiling import pad_amounts, tile_starts
 from flowseg.engine.progress import Cancelled, ProgressCollector
-from flowseg.engine.synthetic import make_labels, make_sample
-from flowseg.engine.tiling import pad_amounts, tile_starts
 
 
 class OracleNet(torch.nn.Module):

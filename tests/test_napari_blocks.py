@@ -18,8 +18,8 @@ from test_napari_widget import _bundled, _widget
 from flowseg import _layers, _segment_big
 from flowseg.engine import memory
 from flowseg.engine.blocks import lazy, run
-from flowseg.engine.metrics import average_precision
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.flows.metrics import average_precision
 
 DIAM = 17.0
 

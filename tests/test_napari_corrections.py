@@ -15,7 +15,7 @@ from test_napari_widget import OracleModel, _use_oracle, _widget
 
 from flowseg import _layers
 from flowseg._results import NEW_LAYER, UNTOUCHED
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
 
 
 @pytest.fixture

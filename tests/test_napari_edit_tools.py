@@ -14,7 +14,7 @@ from test_napari_widget import OracleModel, _use_oracle, _widget
 
 from flowseg._edit_tools import CLICK_MODES
 from flowseg._measure import measure, write_csv
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
 
 
 @pytest.fixture

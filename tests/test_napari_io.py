@@ -7,8 +7,8 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from flowseg.engine import segfile  # noqa: E402
-from flowseg.engine.synthetic import make_labels  # noqa: E402
+from flowseg.engine.data.synthetic import make_labels  # noqa: E402
+from flowseg.engine.io import segfile  # noqa: E402
 
 
 def test_manifest_validates_and_docks(make_napari_viewer):

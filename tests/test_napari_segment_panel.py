@@ -13,9 +13,9 @@ napari = pytest.importorskip("napari")
 from test_napari_widget import OracleModel, _use_oracle, _widget
 
 from flowseg import _layers
-from flowseg.engine.model import Model
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.inference.model import Model
 from flowseg.engine.progress import check_cancel, report
-from flowseg.engine.synthetic import make_sample
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from flowseg import _layers
+from flowseg.engine.data.synthetic import make_sample
 from flowseg.engine.progress import ProgressEvent
-from flowseg.engine.synthetic import make_sample
 
 SEGMENT_TIMEOUT = 60000
 
@@ -128,7 +128,7 @@ def test_the_whole_loop(make_napari_viewer, model_dir, image_folder, tmp_path, q
 def test_next_image_skips_done_files_and_says_when_finished(
         make_napari_viewer, model_dir, image_folder, tmp_path, qtbot, errors, monkeypatch):
     from flowseg import _loop_panel
-    from flowseg.engine.trainset import TrainingSet
+    from flowseg.engine.training.trainset import TrainingSet
 
     folder, truth = image_folder
     TrainingSet(tmp_path / "set").add(np.zeros((96, 96), np.uint16), truth["a"], "a",
@@ -185,7 +185,7 @@ def test_train_input_errors(make_napari_viewer, model_dir, tmp_path, errors):
     assert tr.train() is None and "training-set folder" in errors[-1]
     w.train_panel.loop.set_folder.value = tmp_path / "set"
     assert tr.train() is None and "is empty" in errors[-1]
-    from flowseg.engine.trainset import TrainingSet
+    from flowseg.engine.training.trainset import TrainingSet
 
     lab = np.zeros((32, 32), np.int32)
     lab[4:12, 4:12] = 1
@@ -198,7 +198,7 @@ def test_train_input_errors(make_napari_viewer, model_dir, tmp_path, errors):
 
 
 def test_cancel_keeps_the_best_model(make_napari_viewer, model_dir, tmp_path, qtbot, errors):
-    from flowseg.engine.trainset import TrainingSet
+    from flowseg.engine.training.trainset import TrainingSet
 
     ts = TrainingSet(tmp_path / "set")
     for k in range(2):

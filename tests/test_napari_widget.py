@@ -11,9 +11,10 @@ napari = pytest.importorskip("napari")
 
 from flowseg import _layers
 from flowseg._widget import SegmentWidget
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.flows.masks import compute_masks
+from flowseg.engine.inference.result import Segmentation
 from flowseg.engine.progress import check_cancel, report
-from flowseg.engine.segmentation import Segmentation, compute_masks
-from flowseg.engine.synthetic import make_sample
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ class OracleModel:
     def __init__(self, labels, steps=4, delay=0.0):
         from scipy import ndimage as ndi
 
-        from flowseg.engine.flows import masks_to_flows
+        from flowseg.engine.flows.diffusion import masks_to_flows
 
         self.labels, self.steps, self.delay, self.calls = labels, steps, delay, 0
         self.flows = masks_to_flows(labels)
@@ -130,7 +131,7 @@ def test_run_outputs_and_threshold_recompute(make_napari_viewer, model_dir, samp
 
 def test_real_network_run_and_recompute_without_network(make_napari_viewer, model_dir, sample,
                                                         qtbot, monkeypatch):
-    from flowseg.engine.net import FlowNet
+    from flowseg.engine.network.unet import FlowNet
 
     calls = []
     orig = FlowNet.forward
@@ -259,7 +260,7 @@ def test_bundled_model_on_sample_counts_cells(make_napari_viewer, qtbot, tmp_pat
     _wait_run(qtbot, w, timeout=120000)
     outs = {_layers.role_of(ly): ly for ly in _layers.find_outputs(viewer.layers, layer)}
     assert isinstance(outs["flows"], napari.layers.Vectors) and len(outs["flows"].data) > 100
-    from flowseg.engine.samples import load_sample
+    from flowseg.engine.data.samples import load_sample
 
     truth = load_sample(key)[1]["labels"]
     n_true = len(np.unique(truth)) - 1

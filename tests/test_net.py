@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowseg.engine.io import ModelFileError, load_model_file
-from flowseg.engine.model import Model
-from flowseg.engine.net import FlowNet, nbase_for_width
+from flowseg.engine.inference.model import Model
+from flowseg.engine.io.modelfile import ModelFileError, load_model_file
+from flowseg.engine.network.unet import FlowNet, nbase_for_width
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cpnet_w3.pt"
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_peer_standard_cpnet_equivalence(tmp_path, peer_python):
 def test_peer_segment_outputs_match(tmp_path, peer_python):
     """Same weights and image: our tiled pipeline reproduces CellposeModel.eval's outputs."""
     py = peer_python
-    from flowseg.engine.synthetic import make_sample
+    from flowseg.engine.data.synthetic import make_sample
 
     model = Model.new(width=32, seed=5)
     model.export_cellpose(tmp_path / "w")

@@ -114,8 +114,8 @@ def test_wheel_ships_manifest_and_entry_point(tmp_path):
 
 def test_public_api_exports_progress_protocol_and_samples():
     import flowseg
+    from flowseg.engine.data.samples import load_sample
     from flowseg.engine.progress import Cancelled, ProgressEvent
-    from flowseg.engine.samples import load_sample
 
     for name in ("ProgressEvent", "Cancelled", "load_sample"):
         assert name in flowseg.__all__

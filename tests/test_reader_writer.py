@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("napari")
 
 from flowseg import _reader, _writer  # noqa: E402
-from flowseg.engine import segfile  # noqa: E402
-from flowseg.engine.synthetic import make_labels  # noqa: E402
+from flowseg.engine.data.synthetic import make_labels  # noqa: E402
+from flowseg.engine.io import segfile  # noqa: E402
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_seg_written_by_our_writer_reads_back(tmp_path, labels):
 
 
 def test_seg_in_cellpose_layout_gives_flow_layers(tmp_path, labels):
-    from flowseg.engine.flows import masks_to_flows
+    from flowseg.engine.flows.diffusion import masks_to_flows
 
     dP = masks_to_flows(labels) * 5
     cp = np.where(labels > 0, 4.0, -4.0).astype(np.float32)

@@ -10,9 +10,9 @@ import tifffile
 
 from flowseg import _model_registry
 from flowseg.cli import main
-from flowseg.engine import registry
-from flowseg.engine.model import Model
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.inference.model import Model
+from flowseg.engine.io import registry
 
 
 @pytest.fixture
@@ -129,10 +129,10 @@ def test_valid_model_name():
 
 def test_flowseg_models_lists_bundled_and_user_models(tmp_path, monkeypatch, capsys):
     from flowseg.cli import main
-    from flowseg.engine.model import Model
+    from flowseg.engine.inference.model import Model
 
     monkeypatch.setenv("FLOWSEG_MODEL_DIR", str(tmp_path / "models"))
-    from flowseg.engine.registry import user_model_path
+    from flowseg.engine.io.registry import user_model_path
 
     Model.new(width=8, seed=0).save(user_model_path("mine"))
     assert main(["models"]) == 0

@@ -1,4 +1,4 @@
-"""Cellpose ``_seg.npy`` interop and ImageJ ROI export (flowseg.engine.segfile)."""
+"""Cellpose ``_seg.npy`` interop and ImageJ ROI export (flowseg.engine.io.segfile)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from flowseg.engine import segfile
-from flowseg.engine.synthetic import make_labels
+from flowseg.engine.data.synthetic import make_labels
+from flowseg.engine.io import segfile
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of z stitching (flowseg.engine.stitch)."""
+"""Tests of z stitching (flowseg.engine.flows.stitch)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from flowseg import stitch_masks
-from flowseg.engine.metrics import average_precision
-from flowseg.engine.synthetic import make_labels
+from flowseg.engine.data.synthetic import make_labels
+from flowseg.engine.flows.metrics import average_precision
 
 
 def test_recovers_3d_objects_from_scrambled_slices():

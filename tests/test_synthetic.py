@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from flowseg.engine import synthetic
-from flowseg.engine.samples import load_sample, sample_names
+from flowseg.engine.data import synthetic
+from flowseg.engine.data.samples import load_sample, sample_names
 
 
 def _touching_pairs(lab: np.ndarray) -> int:

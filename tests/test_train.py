@@ -9,16 +9,16 @@ import time
 import numpy as np
 import pytest
 
-from flowseg.engine.augment import random_transform, warp_sample
-from flowseg.engine.checkpoint import load_checkpoint
-from flowseg.engine.flows import masks_to_flows
-from flowseg.engine.metrics import average_precision
-from flowseg.engine.model import Model
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.flows.diffusion import masks_to_flows
+from flowseg.engine.flows.metrics import average_precision
+from flowseg.engine.inference.model import Model
 from flowseg.engine.progress import ProgressCollector
-from flowseg.engine.schedule import RECIPES, lr_schedule, resolve_recipe
-from flowseg.engine.synthetic import make_sample
-from flowseg.engine.train import train
-from flowseg.engine.trainprep import prepare_samples
+from flowseg.engine.training.augment import random_transform, warp_sample
+from flowseg.engine.training.checkpoint import load_checkpoint
+from flowseg.engine.training.prep import prepare_samples
+from flowseg.engine.training.schedule import RECIPES, lr_schedule, resolve_recipe
+from flowseg.engine.training.train import train
 
 
 def _data(seeds, kind="cells", shape=(160, 160), **kw):
@@ -129,7 +129,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_worker_processes_give_the_same_batches_and_weights(tmp_path):
     """workers >= 1: per-batch seeds, so forked workers and in-process give one result; a
     run resumed at an epoch boundary with workers continues exactly."""
-    from flowseg.engine.batches import BatchMaker
+    from flowseg.engine.training.batches import BatchMaker
 
     ti, tl = _tiny()
     sm = prepare_samples(ti, tl, nchan=2)

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from flowseg.engine.datasets import load_folder
-from flowseg.engine.segfile import read_seg
-from flowseg.engine.trainset import MANIFEST, TrainingSet, image_files, safe_name
+from flowseg.engine.io.datasets import load_folder
+from flowseg.engine.io.segfile import read_seg
+from flowseg.engine.training.trainset import MANIFEST, TrainingSet, image_files, safe_name
 
 
 def _pair(seed, shape=(40, 48), nchan=1):
@@ -133,7 +133,7 @@ def test_interrupted_add_leaves_the_set_intact(tmp_path, monkeypatch):
     img, lab = _pair(0)
     ts.add(img, lab, "kept")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    from flowseg.engine import segfile
+    from flowseg.engine.io import segfile
 
     def broken(*a, **k):
         raise OSError("disk full")

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowseg.engine.transforms import (find_channel_axis, from_cellpose_channels,
-                                       normalize_percentile, prepare_channels, resize_image,
-                                       to_channels_last)
+from flowseg.engine.inference.transforms import (
+    find_channel_axis,
+    from_cellpose_channels,
+    normalize_percentile,
+    prepare_channels,
+    resize_image,
+    to_channels_last,
+)
 
 
 def test_normalize_percentile_per_channel_and_constant():

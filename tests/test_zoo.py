@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from flowseg.engine import registry, zoo
-from flowseg.engine.model import Model
-from flowseg.engine.synthetic import make_sample
+from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.inference import zoo
+from flowseg.engine.inference.model import Model
+from flowseg.engine.io import registry
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -64,7 +65,7 @@ def test_training_style_counts_repeats(tiny_zoo):
 
 
 def test_encoder_style_is_the_networks_style(tiny_zoo):
-    from flowseg.engine.tiling import run_tiled
+    from flowseg.engine.network.tiling import run_tiled
 
     x = np.random.default_rng(0).random((70, 90, 2), dtype=np.float32)
     net = zoo.reference_models()[0][1].net
@@ -131,12 +132,12 @@ def test_write_style_keeps_the_weights_bitwise(tmp_path):
 
 # ------------------------------------------------------------------ acceptance on real data
 def _val_images(source: str, kind: str | None, limit: int) -> list[tuple[str, np.ndarray]]:
-    sys.path.insert(0, str(REPO / "training"))
+    sys.path.insert(0, str(REPO / "recipes"))
     from data import image_kind
 
-    from flowseg.engine.datasets import read_image
+    from flowseg.engine.io.datasets import read_image
 
-    names = (REPO / "training" / "splits" / f"{source}_val.txt").read_text().split()
+    names = (REPO / "recipes" / "splits" / f"{source}_val.txt").read_text().split()
     out = []
     for n in names:
         img = np.asarray(read_image(DATA / source / "train" / n))
@@ -154,7 +155,7 @@ def test_auto_picks_nuclei_for_dsb_fluorescence_and_cyto_for_usiigaci():
         pytest.skip(f"training data not found at {DATA} (../shared/data beside the repo)")
     bundled = registry.bundled_models()
     if not all(n in bundled and zoo.model_style(Model.load(n)) for n in ("nuclei", "cyto")):
-        pytest.skip("bundled models without style centroids (run training/zoo_centroids.py)")
+        pytest.skip("bundled models without style centroids (run recipes/zoo_centroids.py)")
     for source, kind, want, limit in (("dsb2018", "fluorescence", "nuclei", 30),
                                       ("usiigaci", None, "cyto", 6)):
         items = _val_images(source, kind, limit)

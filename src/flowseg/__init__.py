@@ -34,16 +34,16 @@ __all__ = [
 ]
 
 _LAZY = {
-    "masks_to_flows": "flowseg.engine.flows",
-    "flows_to_masks": "flowseg.engine.dynamics",
-    "average_precision": "flowseg.engine.metrics",
-    "stitch_masks": "flowseg.engine.stitch",
-    "Model": "flowseg.engine.model",
-    "Segmentation": "flowseg.engine.model",
-    "train": "flowseg.engine.train",
+    "masks_to_flows": "flowseg.engine.flows.diffusion",
+    "flows_to_masks": "flowseg.engine.flows.dynamics",
+    "average_precision": "flowseg.engine.flows.metrics",
+    "stitch_masks": "flowseg.engine.flows.stitch",
+    "Model": "flowseg.engine.inference.model",
+    "Segmentation": "flowseg.engine.inference.result",
+    "train": "flowseg.engine.training.train",
     "ProgressEvent": "flowseg.engine.progress",
     "Cancelled": "flowseg.engine.progress",
-    "load_sample": "flowseg.engine.samples",
+    "load_sample": "flowseg.engine.data.samples",
     "segment_blocks": "flowseg.engine.blocks",
 }
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._cli_common import ProgressBars, collect_images, load_model, parse_channels, read_image
+
 __all__ = ["TIFF_BLOCKWISE_ELEMENTS", "add_block_args", "blockwise_jobs", "check_memory",
            "image_shape", "run_blocks"]
 
@@ -80,7 +82,6 @@ def _is_big_tiff(path: Path) -> bool:
 
 def _expand(paths: list[str]) -> list[tuple[Path, bool]]:
     """``(path, is_zarr)`` for every input; folders that are not zarr are scanned."""
-    from ._cli_segment import collect_images
     from .engine.blocks.source import is_zarr_path
 
     out: list[tuple[Path, bool]] = []
@@ -130,7 +131,7 @@ def blockwise_jobs(args: argparse.Namespace) -> list[BlockJob]:
     n = len(inputs) + (1 if args.sample else 0)
     jobs = []
     if args.sample:
-        from .engine.samples import load_sample
+        from .engine.data.samples import load_sample
 
         img, info = load_sample(args.sample)
         folder = Path(args.out) if args.out and not args.out.endswith(".zarr") else Path.cwd()
@@ -167,12 +168,11 @@ def image_shape(path: Path) -> tuple[int, ...] | None:
 def check_memory(args: argparse.Namespace, paths: list[Path]) -> None:
     """Stop (ValueError) before an in-memory run whose predicted peak memory exceeds the
     memory free now, proposing the blockwise path."""
-    from ._cli_segment import _load_model
     from .engine.memory import estimate_segment_memory
 
     # the model's diameter and width matter only when the diameter is given (else the
     # model's own diameter is assumed, and the width of Cellpose-style networks)
-    model = _load_model(args.model, args.device) if args.diameter and \
+    model = load_model(args.model, args.device) if args.diameter and \
         args.model != "auto" else None
     for p in paths:
         shape = image_shape(p)
@@ -194,7 +194,6 @@ def check_memory(args: argparse.Namespace, paths: list[Path]) -> None:
 
 
 def _read_small(path: Path) -> Any:
-    from ._cli_segment import read_image
 
     return read_image(path)
 
@@ -203,7 +202,6 @@ def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> 
     """Segment every input blockwise; returns the exit code."""
     from tqdm import tqdm
 
-    from ._cli_segment import _Bars, _channels, _load_model
     from .engine.blocks import ClusterOptions, segment_blocks
 
     jobs = blockwise_jobs(args) if jobs is None else jobs
@@ -220,14 +218,14 @@ def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> 
     if args.model == "auto":
         raise ValueError("--model auto chooses per whole image; for blockwise inputs name "
                          "the model (e.g. --model nuclei)")
-    model = _load_model(args.model, args.device)
+    model = load_model(args.model, args.device)
     print(f"model: {model}", file=sys.stderr)
     if args.format != "tif":
         print("note: blockwise outputs are zarr arrays; --format is ignored", file=sys.stderr)
-    bars = _Bars(not args.no_progress)
+    bars = ProgressBars(not args.no_progress)
     for job in jobs:
         data, info = job.data, None
-        kw: dict[str, Any] = {"channels": _channels(args.channels),
+        kw: dict[str, Any] = {"channels": parse_channels(args.channels),
                                   "channel_axis": args.channel_axis, "z_axis": args.z_axis}
         if isinstance(data, tuple):  # a bundled sample
             data, info = data

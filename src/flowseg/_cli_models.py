@@ -1,7 +1,7 @@
 """``flowseg models``: list the models that load by name, and where they live.
 
 :mod:`flowseg.cli` registers it with :func:`register`.  One line per bundled and user model
-(:mod:`flowseg.engine.registry`): name, kind, network width, the diameter it works at,
+(:mod:`flowseg.engine.io.registry`): name, kind, network width, the diameter it works at,
 whether it has a style centroid (so ``--model auto`` can choose it) and its file.
 """
 
@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_models(args: argparse.Namespace) -> int:
     """Print the model table; returns the exit code."""
-    from .engine.io import ModelFileError, load_model_file
-    from .engine.registry import cellpose_models_dir, model_entries, user_model_dir
+    from .engine.io.modelfile import ModelFileError, load_model_file
+    from .engine.io.registry import cellpose_models_dir, model_entries, user_model_dir
 
     rows = [("name", "kind", "width", "diameter", "auto", "file")]
     for e in model_entries():

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
-_OUTPUT_MARKERS = ("_masks", "_flows", "_cellprob", "_seg", "_cp_masks")
+from ._cli_blocks import add_block_args, blockwise_jobs, run_blocks
+from ._cli_common import ProgressBars, collect_images, load_model, parse_channels, read_image
 
 
 def add_segment_args(p: argparse.ArgumentParser) -> None:
@@ -56,66 +56,7 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-flows", action="store_true",
                    help="also write <name>_flows.tif: flows and cell probability (float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from ._cli_blocks import add_block_args
-
     add_block_args(p)  # blockwise options (zarr, OME-Zarr, big TIFF): see _cli_blocks
-
-
-def _channels(values: list[str] | None):
-    if values is None:
-        return None
-    out: list[int | None] = []
-    for v in values:
-        if v.lower() in ("none", "-"):
-            out.append(None)
-            continue
-        try:
-            out.append(int(v))
-        except ValueError:
-            raise ValueError(f"--channels takes two 0-based indices (nucleus may be 'none'), "
-                             f"got {values}") from None
-    return tuple(out)
-
-
-def _is_output(p: Path) -> bool:
-    stem = p.name.split(".")[0]
-    return any(stem.endswith(m) for m in _OUTPUT_MARKERS)
-
-
-def collect_images(paths: list[str]) -> list[Path]:
-    """Image files named by ``paths`` (files, or folders scanned non-recursively)."""
-    files: list[Path] = []
-    for s in paths:
-        p = Path(s).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir()
-                           if q.suffix.lower() in IMAGE_SUFFIXES and not _is_output(q)
-                           and not q.name.startswith("."))
-            if not found:
-                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
-            files += found
-        elif p.is_file():
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"{p}: unsupported image type {p.suffix!r} "
-                                 f"(use {', '.join(IMAGE_SUFFIXES)})")
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
-    return files
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read a TIFF, PNG/JPEG or ``.npy`` image (``.npy`` without pickles)."""
-    suf = path.suffix.lower()
-    if suf in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(path))
-    if suf == ".npy":
-        return np.load(path, allow_pickle=False)
-    import skimage.io
-
-    return np.asarray(skimage.io.imread(path))
 
 
 def write_masks(masks: np.ndarray, path: Path, fmt: str) -> Path:
@@ -138,58 +79,19 @@ def write_masks(masks: np.ndarray, path: Path, fmt: str) -> Path:
     return out
 
 
-class _Bars:
-    """Progress callback: one tqdm bar per stage of the current image."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.stage = ""
-
-    def __call__(self, ev) -> None:
-        if not self.enabled or ev.total <= 1:
-            return
-        from tqdm import tqdm
-
-        if ev.stage != self.stage or self.bar is None:
-            self.close()
-            self.stage = ev.stage
-            self.bar = tqdm(total=ev.total, desc=f"  {ev.stage}", leave=False, file=sys.stderr)
-        self.bar.n = ev.done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _load_model(name: str | None, device: str | None):
-    from .engine.model import Model, available_models
-
-    if name is None:
-        if "cyto" not in available_models():
-            raise ValueError("no model given and the bundled 'cyto' model is not installed "
-                             f"(bundled: {', '.join(available_models()) or 'none'}); pass "
-                             "--model FILE (a flowseg model or a Cellpose 1-3 weight file, "
-                             "e.g. ~/.cellpose/models/cyto3) or train one with `flowseg train`")
-        name = "cyto"
-    return Model.load(name, device=device)
-
-
 class _ModelChoice:
     """The model for each image: one fixed model, or with ``--model auto`` the model zoo's
-    choice per image (:func:`flowseg.engine.zoo.choose_model`), each loaded once."""
+    choice per image (:func:`flowseg.engine.inference.zoo.choose_model`), each loaded once."""
 
     def __init__(self, name: str | None, device: str | None) -> None:
         self.auto = name == "auto"
         self.device = device
         self.loaded: dict[str, Any] = {}
         if not self.auto:
-            self.fixed = _load_model(name, device)
+            self.fixed = load_model(name, device)
             print(f"model: {self.fixed}", file=sys.stderr)
         else:
-            from .engine.zoo import zoo_centroids
+            from .engine.inference.zoo import zoo_centroids
 
             names = ", ".join(zoo_centroids())  # fails early if no model has a centroid
             print(f"model: auto (choosing per image among {names})", file=sys.stderr)
@@ -198,8 +100,8 @@ class _ModelChoice:
         """``(model, note)`` for one image; the note says which model auto chose and why."""
         if not self.auto:
             return self.fixed, ""
-        from .engine.model import Model
-        from .engine.zoo import choose_model
+        from .engine.inference.model import Model
+        from .engine.inference.zoo import choose_model
 
         name, dist = choose_model(image, channels=kw.get("channels"),
                                   channel_axis=kw.get("channel_axis"), z_axis=kw.get("z_axis"),
@@ -218,11 +120,10 @@ def run_segment(args: argparse.Namespace) -> int:
         args.diameter = None  # 0 = estimate, as in Cellpose
     if not args.paths and not args.sample:
         raise ValueError("give image files/folders, or --sample to try the bundled sample")
-    from ._cli_blocks import blockwise_jobs, run_blocks  # zarr, big TIFF, --block-size
 
     if block_jobs := blockwise_jobs(args):
         return run_blocks(args, block_jobs)
-    kw = {"channels": _channels(args.channels), "channel_axis": args.channel_axis,
+    kw = {"channels": parse_channels(args.channels), "channel_axis": args.channel_axis,
           "z_axis": args.z_axis, "diameter": args.diameter, "do_3d": args.do_3d,
           "anisotropy": args.anisotropy, "stitch_threshold": args.stitch,
           "augment": args.augment, "batch_size": args.batch_size,
@@ -230,7 +131,7 @@ def run_segment(args: argparse.Namespace) -> int:
           "flow_threshold": args.flow_threshold, "min_size": args.min_size}
     jobs: list[tuple[str, Any, Path, dict]] = []
     if args.sample:
-        from .engine.samples import load_sample
+        from .engine.data.samples import load_sample
 
         name = args.sample
         img, info = load_sample(name)
@@ -248,7 +149,7 @@ def run_segment(args: argparse.Namespace) -> int:
         out_dir = Path(args.out) if args.out else f.parent
         jobs.append((str(f), f, out_dir / f"{f.name.split('.')[0]}_masks", kw))
     models = _ModelChoice(args.model, args.device)
-    bars = _Bars(not args.no_progress)
+    bars = ProgressBars(not args.no_progress)
     outer = tqdm(jobs, desc="images", disable=args.no_progress or len(jobs) < 2, file=sys.stderr)
     for label, src, dst, jkw in outer:
         jkw = dict(jkw)
@@ -268,7 +169,7 @@ def run_segment(args: argparse.Namespace) -> int:
         if note:
             msg += f"  [{note}]"
         if info is not None and info.get("labels") is not None:
-            from .engine.metrics import average_precision
+            from .engine.flows.metrics import average_precision
 
             ap = average_precision(info["labels"], seg.masks, thresholds=(0.5, 0.75, 0.9))
             msg += f"  [AP@0.5/0.75/0.9 vs ground truth: {ap[0]:.3f}/{ap[1]:.3f}/{ap[2]:.3f}]"

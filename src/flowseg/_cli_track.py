@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_segment import _Bars, _channels, _load_model, read_image
+from ._cli_common import ProgressBars, collect_images, load_model, parse_channels, read_image
 
 __all__ = ["add_track_args", "read_timelapse", "run_track"]
 
@@ -81,8 +81,6 @@ def read_timelapse(path: Path) -> tuple[np.ndarray, bool]:
         try:
             seq = open_sequence(path)
         except FileNotFoundError:
-            from ._cli_segment import collect_images
-
             files = collect_images([str(path)])
             return np.stack([read_image(f) for f in files]), True
         return seq.stack(), True
@@ -121,12 +119,12 @@ def run_track(args: argparse.Namespace) -> int:
     t_axis = 0 if from_folder else args.t_axis
     if image.ndim < 3:
         raise ValueError(f"{args.path}: image of shape {image.shape} has no time axis")
-    model = _load_model(args.model, args.device)
+    model = load_model(args.model, args.device)
     n = image.shape[t_axis % image.ndim]
     print(f"model: {model}; {n} frames of shape {image.shape}, T axis {t_axis}",
           file=sys.stderr)
-    bars = _Bars(not args.no_progress)
-    kw = {"channels": _channels(args.channels), "channel_axis": args.channel_axis,
+    bars = ProgressBars(not args.no_progress)
+    kw = {"channels": parse_channels(args.channels), "channel_axis": args.channel_axis,
           "z_axis": args.z_axis, "do_3d": args.do_3d, "stitch_threshold": args.stitch,
           "anisotropy": args.anisotropy, "cellprob_threshold": args.cellprob_threshold,
           "flow_threshold": args.flow_threshold, "min_size": args.min_size}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_segment import _channels
-from .engine.budget import DEFAULT_TIME_BUDGET
+from ._cli_common import parse_channels
+from .engine.training.budget import DEFAULT_TIME_BUDGET
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -125,14 +125,14 @@ def _sigint_event() -> tuple[threading.Event, object]:
 
 def run_train(args: argparse.Namespace) -> int:
     """``flowseg train``."""
-    from .engine.datasets import load_folder, split_validation
-    from .engine.train import train
+    from .engine.io.datasets import load_folder, split_validation
+    from .engine.training.train import train
 
     recipe = args.recipe or ("finetune" if args.model else "from_scratch")
     for d in (args.dir, args.val_dir):
         if d and not Path(d).is_dir():
             raise FileNotFoundError(f"training folder {d} does not exist")
-    channels = _channels(args.channels)
+    channels = parse_channels(args.channels)
     if args.out:
         out = Path(args.out)
     else:
@@ -208,10 +208,10 @@ def run_eval(args: argparse.Namespace) -> int:
     """``flowseg eval``: AP@0.5/0.75/0.9 averaged over the images, per-image CSV."""
     from tqdm import tqdm
 
-    from .engine.datasets import find_pairs, read_image, read_labels
-    from .engine.metrics import average_precision
-    from .engine.model import Model
-    from .engine.trainprep import median_diameter
+    from .engine.flows.metrics import average_precision
+    from .engine.inference.model import Model
+    from .engine.io.datasets import find_pairs, read_image, read_labels
+    from .engine.training.prep import median_diameter
 
     if args.csv and not Path(args.csv).expanduser().parent.is_dir():
         raise FileNotFoundError(f"the folder of --csv {args.csv} does not exist")
@@ -221,7 +221,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"no image / mask pairs in {args.dir}")
     if args.max_images:
         pairs = pairs[: args.max_images]
-    channels = _channels(args.channels)
+    channels = parse_channels(args.channels)
     thr = (0.5, 0.75, 0.9)
     rows = []
     for ip, lp in tqdm(pairs, desc="eval", unit="img", file=sys.stderr, dynamic_ncols=True):

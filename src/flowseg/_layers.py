@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine.segfile import flow_to_rgb
+from .engine.io.segfile import flow_to_rgb
 
 __all__ = [
     "META_KEY",

@@ -1,6 +1,6 @@
 """The training-set half of the Train tab: keep corrected images, open the next image.
 
-**Training set**: a folder (:class:`flowseg.engine.trainset.TrainingSet`, Cellpose layout)
+**Training set**: a folder (:class:`flowseg.engine.training.trainset.TrainingSet`, Cellpose layout)
 chosen once; reopening the folder in a later session lists its pairs.  *Add to training
 set* stores the chosen labels layer with its image -- the channels the masks were made with,
 and for a 3D stack its current slice or every labelled slice.  **Next image** opens the next
@@ -155,7 +155,7 @@ class LoopPanel(Container):
     # ------------------------------------------------------------------ the set
     def open_set(self, folder: Any = None) -> Any:
         """Open (or create) the training-set folder and list its pairs; None on error."""
-        from .engine.trainset import TrainingSet
+        from .engine.training.trainset import TrainingSet
 
         folder = self.set_folder.value if folder is None else folder
         if folder is None or str(folder) in ("", "."):
@@ -235,8 +235,8 @@ class LoopPanel(Container):
     # ------------------------------------------------------------------ next image
     def next_image(self) -> Any:
         """Open the next image of the image folder and segment it; returns the new layer."""
-        from .engine.datasets import read_image
-        from .engine.trainset import image_files
+        from .engine.io.datasets import read_image
+        from .engine.training.trainset import image_files
 
         folder = self.image_folder.value
         try:

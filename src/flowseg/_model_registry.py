@@ -1,4 +1,4 @@
-"""Where models live: re-exports :mod:`flowseg.engine.registry` under its former name.
+"""Where models live: re-exports :mod:`flowseg.engine.io.registry` under its former name.
 
 The registry itself (bundled, user and Cellpose model folders, name resolution, checkpoint
 folder) is engine code, shared by the napari widget, the CLI and ``Model.load``.
@@ -6,7 +6,7 @@ folder) is engine code, shared by the napari widget, the CLI and ``Model.load``.
 
 from __future__ import annotations
 
-from .engine.registry import (
+from .engine.io.registry import (
                               MODEL_SUFFIXES,
                               ModelEntry,
                               available_models,

@@ -63,7 +63,7 @@ class ModelStore:
 
     def load(self, path: str, device: str = "cpu") -> Any:
         """Load (and cache) a model; safe to call from worker threads."""
-        from .engine.model import Model
+        from .engine.inference.model import Model
 
         key = (str(path), str(device))
         with self._lock:
@@ -77,13 +77,13 @@ class ModelStore:
         """The model to run on ``image``: ``(model, chosen)``.
 
         For :data:`AUTO_MODEL` the model zoo picks the bundled or user model whose training
-        style is nearest to the image's (:func:`flowseg.engine.zoo.choose_model`) and
+        style is nearest to the image's (:func:`flowseg.engine.inference.zoo.choose_model`) and
         ``chosen`` is its name; for any other choice ``chosen`` is None.  Safe in worker
         threads.
         """
         if path != AUTO_MODEL:
             return self.load(path, device), None
-        from .engine.zoo import choose_model
+        from .engine.inference.zoo import choose_model
 
         name, _ = choose_model(image, channels=channels, channel_axis=channel_axis,
                                z_axis=z_axis, device=device, cancel=cancel)

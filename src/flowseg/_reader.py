@@ -1,6 +1,6 @@
 """napari readers: Cellpose ``_seg.npy`` files and ``*_masks`` label images.
 
-``_seg.npy`` files are read with :func:`flowseg.engine.segfile.read_seg`, which never runs
+``_seg.npy`` files are read with :func:`flowseg.engine.io.segfile.read_seg`, which never runs
 pickled code: a file that tries to is refused with an error naming the offending object.
 """
 
@@ -10,6 +10,8 @@ import os
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+from ._layers import flow_vectors
 
 __all__ = ["napari_get_reader", "read_seg_layers", "read_label_image"]
 
@@ -42,11 +44,10 @@ def read_seg_layers(path: Any) -> list:
 
     Raises
     ------
-    flowseg.engine.segfile.UnsafeFileError
+    flowseg.engine.io.segfile.UnsafeFileError
         When the file holds pickled objects that could execute code.
     """
-    from ._layers import flow_vectors
-    from .engine.segfile import read_seg, seg_flows
+    from .engine.io.segfile import read_seg, seg_flows
 
     p = _one_path(path)
     dat = read_seg(p)

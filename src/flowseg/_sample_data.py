@@ -12,7 +12,7 @@ __all__ = ["sample_nuclei", "sample_cells", "sample_cells3d"]
 
 
 def _layer(name: str) -> list:
-    from .engine.samples import load_sample
+    from .engine.data.samples import load_sample
 
     img, info = load_sample(name)
     ax = {"channel_axis": None, "z_axis": None}

@@ -24,7 +24,7 @@ __all__ = ["AUTO_MODEL", "LOAD_FILE", "SegmentRequest", "default_settings", "mak
 
 LOAD_FILE = "load file…"
 #: the model picker's "auto" entry: the model zoo chooses per image
-#: (:func:`flowseg.engine.zoo.choose_model`, as ``flowseg segment --model auto``)
+#: (:func:`flowseg.engine.inference.zoo.choose_model`, as ``flowseg segment --model auto``)
 AUTO_MODEL = "auto"
 
 

@@ -1,7 +1,7 @@
 """What the Segment tab remembers: settings per image layer and results per masks layer.
 
 No Qt here.  A :class:`Result` ties one masks (Labels) layer to the
-:class:`~flowseg.engine.segmentation.Segmentation` it came from and keeps a copy of the
+:class:`~flowseg.engine.inference.result.Segmentation` it came from and keeps a copy of the
 labels the plugin last wrote into it.  Comparing the layer's data with that copy tells
 which pixels the user changed -- whatever tool did it (brush, fill, eraser, the delete /
 merge helpers, napari's undo, a script) -- so corrections are never overwritten:

@@ -1,7 +1,7 @@
 """The training half of the Train tab: fine-tune on the whole training set within a time budget.
 
 *Train* starts from the model chosen in the Segment tab and trains on every pair of the set
-but the held-out one, for at most the time budget (:func:`flowseg.engine.train.train`).  The
+but the held-out one, for at most the time budget (:func:`flowseg.engine.training.train.train`).  The
 new model is saved to the user model folder and selected in the Segment tab; then the old
 and the new model segment the held-out image and their AP@0.5 on it is shown side by side.
 Progress reads in plain words ("Training 2/5 min, loss 0.31") under one bar, with a small
@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar
 
 from ._jobs import Job, plain_words
 from ._loss_plot import LossPlot
+from ._model_registry import user_model_path, user_models, valid_model_name
 from ._segment_request import AUTO_MODEL
 from .engine.progress import Cancelled, ProgressEvent, report
 
@@ -67,7 +68,7 @@ class TrainSection(Container):
     """New model name, time budget, Train / Cancel, progress, loss plot and the comparison.
 
     ``owner`` is the dock; ``get_set`` returns the open
-    :class:`~flowseg.engine.trainset.TrainingSet` (or None).
+    :class:`~flowseg.engine.training.trainset.TrainingSet` (or None).
     """
 
     def __init__(self, owner: Any, get_set: Any) -> None:
@@ -101,8 +102,7 @@ class TrainSection(Container):
         """
         if not force and self.model_name.value not in ("", self._suggested):
             return
-        from ._model_registry import user_models, valid_model_name
-        from .engine.trainset import safe_name
+        from .engine.training.trainset import safe_name
 
         ts = self.get_set()
         if ts is None:
@@ -123,8 +123,6 @@ class TrainSection(Container):
             self.plot.add_point(int(ev.done), float(ev.info["loss"]))
 
     def _request(self) -> dict:
-        from ._model_registry import user_model_path, valid_model_name
-
         ts = self.get_set()
         if ts is None:
             raise ValueError("choose a training-set folder first")
@@ -195,16 +193,16 @@ class TrainSection(Container):
 
 def _work(req: dict, progress: Any, cancel: Any) -> dict:
     """Train on the set, then score the old and the new model on the held-out image."""
-    from .engine.model import Model
-    from .engine.train import train
-    from .engine.validate import segmentation_ap
+    from .engine.inference.model import Model
+    from .engine.training.train import train
+    from .engine.training.validate import segmentation_ap
 
     ts = req["set"]
     held = ts.held_out()
     images, labels, names = ts.load(ts.training_names(), progress=progress, cancel=cancel)
     auto_base = None
     if req["base"] == AUTO_MODEL:  # the zoo's choice for the set's first training image
-        from .engine.zoo import choose_model
+        from .engine.inference.zoo import choose_model
 
         auto_base = choose_model(images[0], channels=ts.channels, device=req["device"],
                                  cancel=cancel)[0]

@@ -71,7 +71,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        from .engine.dynamics import warmup_in_background
+        from .engine.flows.dynamics import warmup_in_background
 
         warmup_in_background()  # compile the flow engine while the user sets up the run
         # napari hands plugin widgets a PublicOnlyProxy of the viewer, which wraps every

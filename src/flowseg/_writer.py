@@ -45,7 +45,7 @@ def write_label_image(path: str, data: Any, meta: dict) -> list[str]:
 
 def write_seg_npy(path: str, layer_data: list) -> list[str]:
     """Write one Labels layer (and optionally one Image layer) as a Cellpose ``_seg.npy``."""
-    from .engine.segfile import write_seg
+    from .engine.io.segfile import write_seg
 
     labels = [d for d, m, t in layer_data if t == "labels"]
     images = [(d, m) for d, m, t in layer_data if t == "image"]
@@ -70,6 +70,6 @@ def write_seg_npy(path: str, layer_data: list) -> list[str]:
 
 def write_roi_zip(path: str, data: Any, meta: dict) -> list[str]:
     """Write a Labels layer as an ImageJ ROI set (``.zip`` of polygons, per plane in 3D)."""
-    from .engine.segfile import write_imagej_rois
+    from .engine.io.segfile import write_imagej_rois
 
     return [write_imagej_rois(path, _labels(data))]

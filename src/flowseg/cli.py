@@ -11,57 +11,47 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ._cli_models import register as _add_models
+from ._cli_segment import add_segment_args, run_segment
+from ._cli_track import add_track_args, run_track
+from ._cli_train import add_eval_args, add_train_args, run_eval, run_train
 from ._version import __version__
 
 
 # ---------------------------------------------------------------- segment (issue: network)
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    from ._cli_segment import add_segment_args
-
     p = sub.add_parser("segment", help="segment images into cell masks (try: --sample)")
     add_segment_args(p)
     p.set_defaults(func=_run_segment)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from ._cli_segment import run_segment
-
     return run_segment(args)
 
 
 # ---------------------------------------------------------------- train / eval (issue: training)
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from ._cli_train import add_train_args
-
     p = sub.add_parser("train", help="train or fine-tune a model on image + mask folders")
     add_train_args(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ._cli_train import run_train
-
     return run_train(args)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from ._cli_train import add_eval_args
-
     p = sub.add_parser("eval", help="score a model on image + mask folders (AP, per-image CSV)")
     add_eval_args(p)
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from ._cli_train import run_eval
-
     return run_eval(args)
 
 
 # ---------------------------------------------------------------- track (issue: time-lapse)
 def _add_track(sub: argparse._SubParsersAction) -> None:
-    from ._cli_track import add_track_args
-
     p = sub.add_parser("track", help="segment every frame of a time-lapse and link cells over "
                                      "time (CTC export)")
     add_track_args(p)
@@ -69,8 +59,6 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_track(args: argparse.Namespace) -> int:
-    from ._cli_track import run_track
-
     return run_track(args)
 
 
@@ -84,7 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_track(sub)
-    from ._cli_models import register as _add_models
 
     _add_models(sub)
     return parser

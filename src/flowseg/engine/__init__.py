@@ -1,18 +1,30 @@
 """The segmentation engine: numpy / scipy / numba / torch only, never napari, Qt or magicgui.
 
-Modules
--------
+Internal: the public API is what :mod:`flowseg` exports (``flowseg.Model``,
+``flowseg.train``, ``flowseg.masks_to_flows``, ...).  The layout of this package may change
+between releases and old module paths are not kept as aliases (there are no compatibility
+shims); model files and ``_seg.npy`` files store no module paths, so they load whatever the
+layout.
+
+Sub-packages, by topic
+----------------------
+flows      labels -> flows -> masks, stitching, metrics (no network)
+network    the residual U-Net and tiled inference
+inference  ``Model``: loading, segmenting (2D, stacks, 3D), diameter estimate, model zoo
+training   training and fine-tuning (``train``), the training set of the napari loop
+io         model files, ``_seg.npy``, ImageJ ROIs, training folders, the model registry
+data       synthetic images with ground truth, the bundled samples
+blocks     blockwise segmentation of images bigger than memory (dask, zarr)
+tracking   time-lapse tracking (laptrack) and Cell Tracking Challenge export
+
+Shared modules
+--------------
 progress   the progress / cancel protocol shared by CLI, GUI and tests
-synthetic  seeded synthetic cells and nuclei with ground truth
-flows      labels -> flows (heat diffusion)
-dynamics   flows -> masks (Euler integration, clustering, flow-error check)
-stitch     2D masks -> 3D by IoU stitching across z
-metrics    average precision and matching
-net        the residual U-Net (Cellpose-compatible state dict)
-transforms normalisation, resizing, tiling
-model      Model / Segmentation: loading, inference (2D, 3D), size estimation
-train      training and fine-tuning
-io         Cellpose interop (weight files, _seg.npy) and image/label folders
+memory     the memory an in-memory segmentation needs, measured before it runs
+
+Dependencies run one way: ``flows``, ``network``, ``io`` and ``data`` import none of
+``inference`` / ``training``; ``inference`` imports no ``training``; there are no import
+cycles (``tests/test_architecture.py``).
 """
 
 import os as _os

@@ -33,6 +33,11 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+# No engine module is imported at module level: this module is imported by the napari
+# widget and the CLI before any model is loaded, and the shape rules it needs
+# (inference.prepare, inference.transforms, network.tiling) import torch; they are imported
+# inside the functions that use them.
+
 __all__ = [
     "MemoryEstimate",
     "available_memory",
@@ -161,7 +166,7 @@ def _padded(n: int) -> int:
 
 def _batch_pixels(h: int, w: int, n_images: int, batch_size: int, augment: bool) -> int:
     """Pixels of the largest network batch for ``n_images`` planes of ``h`` x ``w``."""
-    from .tiling import tile_starts
+    from .network.tiling import tile_starts  # lazy: torch (see the note at the imports)
 
     hp, wp = _padded(h), _padded(w)
     if not augment and hp * wp <= _WHOLE_MAX:
@@ -205,8 +210,9 @@ def estimate_segment_memory(model: Any, shape: Sequence[int], *,
         For a shape :meth:`flowseg.Model.segment` refuses (too few or too many axes, 3D
         settings on a 2D image).
     """
-    from .infer import spatial_ndim
-    from .transforms import find_channel_axis
+    # lazy: torch (see the note at the imports)
+    from .inference.prepare import spatial_ndim
+    from .inference.transforms import find_channel_axis
 
     shape = tuple(int(s) for s in shape)
     sdim = spatial_ndim(SimpleNamespace(ndim=len(shape), shape=shape), channel_axis, z_axis,

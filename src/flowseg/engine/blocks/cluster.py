@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..memory import available_memory as free_now
+
 __all__ = [
     "ClusterOptions",
     "available_memory",
@@ -97,8 +99,6 @@ def machine_cores() -> int:
 def available_memory() -> int:
     """Bytes of memory available now (the tighter of the machine's and a cgroup limit's,
     :func:`flowseg.engine.memory.available_memory`; 4 GiB when the OS does not say)."""
-    from ..memory import available_memory as free_now
-
     found = free_now()
     return int(found) if found is not None else 4 * 2 ** 30
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from ..progress import CancelToken, ProgressCallback
 from .cluster import ClusterOptions, machine_cores
+from .ome import label_exists, read_ome
 from .run import BlockResult, segment_blocks
-from .source import is_zarr_path
+from .source import is_zarr_path, require_zarr
 
 __all__ = [
     "BLOCKWISE_ELEMENTS",
@@ -52,9 +53,6 @@ def needs_blockwise(data: Any) -> bool:
 
 def _ome_group(path: Path) -> Path | None:
     """The OME-Zarr image group a path belongs to (the path or a parent), if any."""
-    from .ome import read_ome
-    from .source import require_zarr
-
     zarr = require_zarr()
     for p in (path, *path.parents):
         if not is_zarr_path(p):
@@ -91,9 +89,6 @@ def default_output(source_path: str | os.PathLike | None, shape: tuple[int, ...]
     path = Path(source_path).expanduser()
     group = _ome_group(path) if path.exists() else None
     if group is not None:
-        from .ome import label_exists, read_ome
-        from .source import require_zarr
-
         g = require_zarr().open_group(str(group), mode="r")
         ome = read_ome(g)
         same = ome is not None and tuple(g[ome.dataset].shape) == tuple(shape)

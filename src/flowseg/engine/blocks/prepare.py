@@ -13,17 +13,17 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..inference.model import Model
+from ..inference.prepare import normalize_arg
+from ..inference.size import estimate_diameter_prepared
+from ..inference.transforms import channel_percentiles, prepare_channels
 from ..progress import CancelToken, ProgressCallback, check_cancel
-from ..transforms import channel_percentiles, prepare_channels
 from .plan import BlockPlan
 from .source import Source
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..model import Model
 
 __all__ = [
     "WHOLE_SAMPLE_PIXELS",
@@ -91,7 +91,7 @@ def image_percentiles(source: Source, nchan: int, channels: Sequence[int | None]
 def normalize_block(x: np.ndarray, lohi: np.ndarray | None) -> np.ndarray:
     """Map each channel's low percentile to 0 and high to 1 (in place; zeros when flat).
 
-    The same arithmetic as :func:`flowseg.engine.transforms.normalize_percentile`, with
+    The same arithmetic as :func:`flowseg.engine.inference.transforms.normalize_percentile`, with
     percentiles measured on the whole image.
     """
     if lohi is None:
@@ -132,7 +132,6 @@ def estimate_central_diameter(model: Model, source: Source,
     """
     if model.size_model is None:
         return model.diam_mean, "model diam_mean (no size model; pass diameter to resize)"
-    from ..size import estimate_diameter_prepared
 
     lay = source.layout
     win = central_crop(lay.spatial_shape)
@@ -151,8 +150,6 @@ def estimate_central_diameter(model: Model, source: Source,
 
 def lohi_for(normalize: Any, model: Model) -> tuple[float, float] | None:
     """The percentile pair ``normalize`` asks for (None: no normalisation)."""
-    from ..infer import normalize_arg
-
     return normalize_arg(normalize, model)
 
 

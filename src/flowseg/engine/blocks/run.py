@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from ..inference.model import Model
+from ..inference.prepare import check_diameter
+from ..memory import estimate_segment_memory
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .cluster import ClusterOptions, open_client
 from .merge import DEFAULT_MATCH_IOU, global_luts
@@ -41,6 +44,7 @@ from .prepare import (
     image_percentiles,
     lohi_for,
 )
+from .pyramid import write_label_levels
 from .result import BlockResult
 from .source import open_source, require_zarr
 from .stage import Stage
@@ -93,8 +97,6 @@ def task_memory(plan: BlockPlan, model: Any, nchan: int, do_3d: bool,
     diameter, anisotropy : float or None
         As the blocks are segmented.
     """
-    from ..memory import estimate_segment_memory
-
     shape = tuple(plan.padded_max)
     three = len(shape) == 3
     est = estimate_segment_memory(model, shape, z_axis=0 if three else None,
@@ -129,8 +131,6 @@ def default_block_size(shape: Sequence[int], model: Any, nchan: int, do_3d: bool
 
 
 def _as_model(model: Any) -> Any:
-    from ..model import Model
-
     if isinstance(model, Model):
         return model
     if isinstance(model, (str, Path)):
@@ -217,8 +217,6 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
         Bad input, geometry or output; :class:`~flowseg.engine.progress.Cancelled` when
         cancelled (the partial output is removed).
     """
-    from ..infer import check_diameter
-
     t_start = time.perf_counter()
     seg_kw = _segment_kwargs(segment_kwargs)
     model = _as_model(model)
@@ -366,8 +364,6 @@ def _run(stage: Stage, src: Any, spec: RunSpec, plan: BlockPlan, keep: dict, mod
     seconds["write"] = time.perf_counter() - t0
     levels = [target.path]
     if target.label_of is not None and len(target.label_of[1].levels) > 1:
-        from .pyramid import write_label_levels
-
         gpath, ome, name = target.label_of
         report(stage.progress, "pyramid", 0, 1, "writing lower resolutions")
         group = require_zarr().open_group(f"{gpath}/labels/{name}", mode="r+")

@@ -5,7 +5,7 @@ be sliced region by region without loading the whole image (numpy, dask, a zarr 
 :class:`TiffArray` reading through tifffile's zarr interface), plus a :class:`Layout` saying
 which axes are spatial, which holds channels and which are fixed at index 0.  Regions are
 returned in the engine's canonical order ``(Z, Y, X[, C])`` (as
-:func:`flowseg.engine.transforms.to_channels_last` would).
+:func:`flowseg.engine.inference.transforms.to_channels_last` would).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..transforms import find_channel_axis
+from ..inference.prepare import spatial_ndim
+from ..inference.transforms import find_channel_axis
 from .ome import OmeImage, read_ome
 
 __all__ = ["TIFF_SUFFIXES", "Layout", "Source", "TiffArray", "is_zarr_path", "open_source"]
@@ -227,8 +228,6 @@ def _named_axes(names: Sequence[str], shape: Sequence[int]) -> dict | None:
 
 def _layout(shape: tuple[int, ...], channel_axis: int | None, z_axis: int | None,
             fixed: Sequence[int], do_3d: bool, stitch_threshold: float) -> Layout:
-    from ..infer import spatial_ndim
-
     fixed = sorted(int(a) for a in fixed)
     kept = [a for a in range(len(shape)) if a not in fixed]
     sub = tuple(shape[a] for a in kept)

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..infer import check_diameter
+from ..inference.model import Model
+from ..inference.prepare import check_diameter
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .link import LinkParams, link_masks
 from .result import TrackResult
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..model import Model
 
 __all__ = ["FrameMasks", "frame_axes", "segment_frames", "track"]
 

@@ -1,8 +1,8 @@
 """Seeded synthetic time-lapses with ground truth: moving, touching cells that divide.
 
-Built on :mod:`flowseg.engine.synthetic`: the first frame's layout comes from
-:func:`~flowseg.engine.synthetic.make_labels` (well-spread, touching cells) and every frame
-is drawn with :func:`~flowseg.engine.synthetic.render`.  In between, each cell is a
+Built on :mod:`flowseg.engine.data.synthetic`: the first frame's layout comes from
+:func:`~flowseg.engine.data.synthetic.make_labels` (well-spread, touching cells) and every frame
+is drawn with :func:`~flowseg.engine.data.synthetic.render`.  In between, each cell is a
 star-shaped blob (radius, elongation, orientation, boundary harmonics) that moves with a
 persistent random velocity, is pushed away from its neighbours, grows slowly, wobbles its
 outline, and may divide into two daughters (new ids, parent = mother) that move apart.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..synthetic import make_labels, render
+from ..data.synthetic import make_labels, render
 from .objects import measure_frame
 from .result import TrackResult
 
@@ -201,11 +201,11 @@ def make_timelapse(n_frames: int = 12, shape: Sequence[int] = (128, 128),
     density : float
         Seed spacing of the first frame in diameters (< 1: crowded, touching cells).
     elongation, irregularity : float
-        Shape of the cells (see :func:`flowseg.engine.synthetic.make_labels`).
+        Shape of the cells (see :func:`flowseg.engine.data.synthetic.make_labels`).
     seed : int
         Random seed; everything is deterministic given it.
     **render_kwargs
-        ``noise``, ``blur``, ``background`` for :func:`flowseg.engine.synthetic.render`.
+        ``noise``, ``blur``, ``background`` for :func:`flowseg.engine.data.synthetic.render`.
 
     Returns
     -------
@@ -252,7 +252,7 @@ def make_timelapse(n_frames: int = 12, shape: Sequence[int] = (128, 128),
 
 
 def _render(frame: np.ndarray, kind: str, seed: int, kw: dict) -> np.ndarray:
-    """One frame through :func:`flowseg.engine.synthetic.render` (same seed every frame, so
+    """One frame through :func:`flowseg.engine.data.synthetic.render` (same seed every frame, so
     a cell keeps its brightness)."""
     if kind == "nuclei":
         return render(frame, kind="nuclei", seed=seed + 1, **kw)

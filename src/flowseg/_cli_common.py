@@ -1,0 +1,120 @@
+"""Pieces shared by the ``flowseg`` sub-commands (segment, blockwise, track, train).
+
+Reading images and folders, the ``--channels`` argument, the default model and the tqdm
+progress bars.  Nothing here imports the engine at module level: ``flowseg --help`` stays
+quick; :func:`load_model` imports the engine (torch) when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IMAGE_SUFFIXES", "OUTPUT_MARKERS", "ProgressBars", "collect_images", "is_output",
+           "load_model", "parse_channels", "read_image"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+OUTPUT_MARKERS = ("_masks", "_flows", "_cellprob", "_seg", "_cp_masks")
+
+
+def parse_channels(values: list[str] | None) -> tuple[int | None, ...] | None:
+    """``--channels C N`` as 0-based ``(cyto, nucleus)`` indices (N: ``none`` / ``-``)."""
+    if values is None:
+        return None
+    out: list[int | None] = []
+    for v in values:
+        if v.lower() in ("none", "-"):
+            out.append(None)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise ValueError(f"--channels takes two 0-based indices (nucleus may be 'none'), "
+                             f"got {values}") from None
+    return tuple(out)
+
+
+def is_output(p: Path) -> bool:
+    """Whether ``p`` looks like an output of ours (``*_masks``, ``*_seg``, ...)."""
+    stem = p.name.split(".")[0]
+    return any(stem.endswith(m) for m in OUTPUT_MARKERS)
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Image files named by ``paths`` (files, or folders scanned non-recursively)."""
+    files: list[Path] = []
+    for s in paths:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir()
+                           if q.suffix.lower() in IMAGE_SUFFIXES and not is_output(q)
+                           and not q.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            files += found
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"{p}: unsupported image type {p.suffix!r} "
+                                 f"(use {', '.join(IMAGE_SUFFIXES)})")
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a TIFF, PNG/JPEG or ``.npy`` image (``.npy`` without pickles)."""
+    suf = path.suffix.lower()
+    if suf in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    if suf == ".npy":
+        return np.load(path, allow_pickle=False)
+    import skimage.io
+
+    return np.asarray(skimage.io.imread(path))
+
+
+class ProgressBars:
+    """Progress callback: one tqdm bar per stage of the current image."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.stage = ""
+
+    def __call__(self, ev) -> None:
+        if not self.enabled or ev.total <= 1:
+            return
+        from tqdm import tqdm
+
+        if ev.stage != self.stage or self.bar is None:
+            self.close()
+            self.stage = ev.stage
+            self.bar = tqdm(total=ev.total, desc=f"  {ev.stage}", leave=False, file=sys.stderr)
+        self.bar.n = ev.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def load_model(name: str | None, device: str | None) -> Any:
+    """``--model``: a name or file (:meth:`flowseg.Model.load`); None: the bundled ``cyto``."""
+    from .engine.inference.base import available_models
+    from .engine.inference.model import Model
+
+    if name is None:
+        if "cyto" not in available_models():
+            raise ValueError("no model given and the bundled 'cyto' model is not installed "
+                             f"(bundled: {', '.join(available_models()) or 'none'}); pass "
+                             "--model FILE (a flowseg model or a Cellpose 1-3 weight file, "
+                             "e.g. ~/.cellpose/models/cyto3) or train one with `flowseg train`")
+        name = "cyto"
+    return Model.load(name, device=device)

@@ -1,0 +1,14 @@
+"""Segmenting images with a model.
+
+Modules
+-------
+base        :class:`ModelBase`: network + metadata, loading and saving; devices
+model       :class:`Model`: a :class:`ModelBase` that segments and estimates diameters
+prepare     input checks, channel selection, normalisation, the 2D network pass
+segment     the segmentation pipeline (2D, slice stacks, 3D dispatch)
+volume      3D: the network on YX, ZX and ZY slices
+size        object-size (diameter) estimation and the size model
+result      :class:`Segmentation`, re-thresholdable without the network
+transforms  axis and channel selection, percentile normalisation, resizing
+zoo         choosing, per image, the model whose training images look most alike
+"""

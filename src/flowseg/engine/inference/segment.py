@@ -1,0 +1,190 @@
+"""``Model.segment``: image -> normalised channels -> network (tiled) -> flows -> masks.
+
+The pipeline follows the Cellpose method:
+
+1. pick the cytoplasm (+ nucleus) channels (:func:`~flowseg.engine.inference.transforms.prepare_channels`)
+   and normalise each channel to its 1st..99th percentiles (over the whole volume for 3D);
+2. resize by ``diam_mean / diameter`` so objects have the size the network was trained for;
+3. run the network in overlapping, taper-blended tiles (:mod:`flowseg.engine.network.tiling`);
+4. resize the outputs back to the image, divide the flow maps by 5 (the network predicts 5x
+   unit flows) and follow the flows to masks (:func:`flowseg.engine.flows.dynamics.flows_to_masks`),
+   with ``niter = 200 * diameter / diam_mean`` Euler steps unless ``niter`` is given.
+
+3D volumes go through :mod:`flowseg.engine.inference.volume`; a stack with ``do_3d=False`` is segmented
+slice by slice and, with ``stitch_threshold > 0``, stitched across z.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..flows.dynamics import check_sampling
+from ..flows.masks import compute_masks
+from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from .base import ModelBase
+from .prepare import WHOLE_MAX, Normalize, check_diameter, default_niter, prepare_input, run_2d
+from .result import Segmentation
+from .size import estimate_diameter_prepared
+from .volume import run_3d
+
+__all__ = ["segment"]
+
+
+_EMPTY_LOGIT = -20.0
+_MAX_WORK_PIXELS = 1 << 28  # 268 M pixels (1 GiB per float32 channel) at the model's scale
+
+
+def _check_work_size(spatial: Sequence[int], rescale: float, zf: float, diameter: float,
+                     diam_mean: float) -> None:
+    """Refuse a diameter that would blow the image up beyond any sensible memory use."""
+    n = float(np.prod(spatial[-2:])) * rescale ** 2
+    if len(spatial) == 3:
+        n *= spatial[0] * zf
+    if n > _MAX_WORK_PIXELS:
+        raise ValueError(f"diameter={diameter:g} would resize the image by {rescale:.3g}x (to "
+                         f"{n / 1e6:.0f} M pixels) to reach the model's {diam_mean:g}-pixel "
+                         "objects; check the diameter (it is in pixels of this image)")
+
+
+def _is_constant(x: np.ndarray) -> bool:
+    """Whether every channel of ``x`` is constant (no information: nothing to segment)."""
+    flat = x.reshape(-1, x.shape[-1])
+    return bool(np.all(flat.max(0) == flat.min(0)))
+
+
+def _empty(model: ModelBase, x: np.ndarray, sdim: int, diameter: Optional[float],
+           params: dict) -> Segmentation:
+    """The well-defined result for an image without content: no objects."""
+    spatial = x.shape[:-1]
+    nflow = 3 if params["do_3d"] else 2
+    styles = np.zeros(model.net.nbase[-1], np.float32)
+    if sdim == 3 and not params["do_3d"]:
+        styles = np.zeros((spatial[0], styles.size), np.float32)
+    return Segmentation(masks=np.zeros(spatial, np.int32),
+                        flows=np.zeros((nflow, *spatial), np.float32),
+                        cellprob=np.full(spatial, _EMPTY_LOGIT, np.float32), styles=styles,
+                        diameter=float(diameter or model.diam_mean), params=params)
+
+
+def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=None,
+            z_axis=None, diameter: Optional[float] = None, do_3d: bool = False,
+            anisotropy: Optional[float] = None, stitch_threshold: float = 0.0,
+            augment: bool = False, tile_overlap: float = 0.1, batch_size: int = 8,
+            normalize: Normalize = True, cellprob_threshold: float = 0.0,
+            flow_threshold: float = 0.4, min_size: int = 15, niter: Optional[int] = None,
+            bsize: int = 224, whole_max: int = WHOLE_MAX, pad_extra: int = 8,
+            sampling: str = "exact",
+            progress: Optional[ProgressCallback] = None,
+            cancel: CancelToken = None) -> Segmentation:
+    """Segment a 2D image, a stack of 2D slices or a 3D volume.
+
+    Parameters
+    ----------
+    model : Model
+    image : np.ndarray
+        2D ``(Y, X)``, 2D with channels ``(Y, X, C)`` / ``(C, Y, X)``, or 3D ``(Z, Y, X[, C])``.
+    channels : (int, int or None), optional
+        0-based ``(cyto, nucleus)`` channel indices (see :mod:`flowseg.engine.inference.transforms`).
+    channel_axis, z_axis : int, optional
+        Axes of channels / z (auto-detected when None).
+    diameter : float, optional
+        Object diameter in pixels; None: estimated with the model's size model if it has one,
+        else the model's ``diam_mean`` (no resizing; recorded in ``params["diameter_source"]``).
+    do_3d : bool
+        Full 3D segmentation (three slice orientations, 3D dynamics).
+    anisotropy : float, optional
+        Z step / XY pixel size for 3D (e.g. 2.0 when z is sampled half as densely).
+    stitch_threshold : float
+        With ``do_3d=False`` on a volume: segment each slice in 2D and stitch masks across z
+        when their IoU exceeds this threshold (0: independent slices).
+    sampling : {"exact", "cellpose3"}
+        How the 3D dynamics sample the flows (see
+        :func:`flowseg.engine.flows.dynamics.flows_to_masks`).  ``"cellpose3"`` reproduces
+        Cellpose 3.1's 3D masks from the same flows exactly, but it is worse on sharp flow
+        fields (exact flows of known labels: AP@0.5 0.68 against 0.99), hence not the default.
+    augment, tile_overlap, batch_size, bsize, whole_max, pad_extra
+        Tiling options (see :func:`flowseg.engine.network.tiling.run_tiled`).  By default an image
+        whose padded size is at most ``whole_max`` pixels (1024 x 1024) runs through the
+        network in one piece, which avoids the tile-overlap overhead; ``whole_max=0`` always
+        uses overlapping ``bsize`` tiles exactly like Cellpose.
+    normalize : bool or (lo, hi)
+        Percentile normalisation (True: the model's own percentiles).
+    cellprob_threshold, flow_threshold, min_size, niter
+        Mask parameters (see :func:`flowseg.flows_to_masks`); ``niter=None`` scales with the
+        diameter (200 steps at the model's ``diam_mean``).
+    progress, cancel
+        Progress callback and cancel token (:mod:`flowseg.engine.progress`).
+
+    Returns
+    -------
+    Segmentation
+    """
+    diameter = check_diameter(diameter)
+    if not 0.0 <= float(stitch_threshold) <= 1.0:
+        raise ValueError(f"stitch_threshold must be in [0, 1], got {stitch_threshold}")
+    if do_3d and stitch_threshold > 0:
+        raise ValueError("use either do_3d=True or stitch_threshold > 0, not both")
+    if anisotropy is not None and not (math.isfinite(float(anisotropy)) and anisotropy > 0):
+        raise ValueError(f"anisotropy must be a finite number > 0, got {anisotropy!r}")
+    if min_size is None or int(min_size) < -1:
+        raise ValueError(f"min_size must be an integer >= -1, got {min_size!r}")
+    report(progress, "prepare", 0, 1, "normalising")
+    x, sdim = prepare_input(model, image, channels=channels, channel_axis=channel_axis,
+                            z_axis=z_axis, do_3d=do_3d, stitch_threshold=stitch_threshold,
+                            normalize=normalize)
+    report(progress, "prepare", 1, 1, "normalising")
+    check_cancel(cancel)
+    if _is_constant(x):
+        return _empty(model, x, sdim, diameter, dict(
+            cellprob_threshold=float(cellprob_threshold), flow_threshold=float(flow_threshold),
+            min_size=int(min_size), niter=niter, stitch_threshold=float(stitch_threshold),
+            diameter_source="constant image: nothing to segment", do_3d=bool(do_3d and sdim == 3)))
+    source = "given"
+    if diameter is None:
+        if model.size_model is not None:
+            ref = x if sdim == 2 else x[x.shape[0] // 2]
+            diameter = estimate_diameter_prepared(model, ref, batch_size=batch_size,
+                                                  progress=progress, cancel=cancel)
+            source = "estimated" if sdim == 2 else "estimated (middle slice)"
+        else:
+            diameter = model.diam_mean
+            source = "model diam_mean (no size model; pass diameter to resize)"
+    check_sampling(sampling)  # before the network runs
+    rescale = model.diam_mean / diameter
+    zf = rescale * float(anisotropy or 1.0) if (sdim == 3 and do_3d) else 1.0
+    _check_work_size(x.shape[:-1], rescale, zf, diameter, model.diam_mean)
+    if niter is None:
+        niter = default_niter(diameter, model.diam_mean)
+    params: dict[str, Any] = dict(cellprob_threshold=float(cellprob_threshold),
+                                  flow_threshold=float(flow_threshold), min_size=int(min_size),
+                                  niter=int(niter), stitch_threshold=float(stitch_threshold),
+                                  diameter_source=source, do_3d=bool(do_3d and sdim == 3),
+                                  rescale=rescale)
+    opts = dict(bsize=bsize, tile_overlap=tile_overlap, batch_size=batch_size, augment=augment,
+                whole_max=int(whole_max), pad_extra=int(pad_extra), progress=progress,
+                cancel=cancel)
+    if sdim == 3 and do_3d:
+        flows, cellprob, styles = run_3d(model, x, rescale, anisotropy=anisotropy, **opts)
+        del x  # free the normalised volume before the 3D dynamics
+        params["anisotropy"] = None if anisotropy is None else float(anisotropy)
+        params["sampling"] = str(sampling)
+    else:
+        stack = x if sdim == 3 else x[None]
+        y, styles = run_2d(model, stack, rescale, **opts)
+        del stack, x
+        flows = np.ascontiguousarray(np.moveaxis(y[:, :2], 1, 0)) * np.float32(0.2)
+        cellprob = np.ascontiguousarray(y[:, 2])
+        del y
+        if sdim == 2:
+            flows, cellprob, styles = flows[:, 0], cellprob[0], styles[0]
+    check_cancel(cancel)
+    masks = compute_masks(flows, cellprob, cellprob_threshold=params["cellprob_threshold"],
+                          flow_threshold=params["flow_threshold"], min_size=params["min_size"],
+                          niter=params["niter"], stitch_threshold=params["stitch_threshold"],
+                          sampling=params.get("sampling", "exact"),
+                          progress=progress, cancel=cancel)
+    return Segmentation(masks=masks, flows=flows, cellprob=cellprob, styles=styles,
+                        diameter=float(diameter), params=params)
