@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import ProgressBars, collect_images, load_model, parse_channels, read_image
+from ._cli_common import (
+    ProgressBars,
+    collect_images,
+    load_model,
+    mask_params,
+    parse_channels,
+    read_image,
+)
 
 __all__ = ["TIFF_BLOCKWISE_ELEMENTS", "add_block_args", "blockwise_jobs", "check_memory",
            "image_shape", "run_blocks"]
@@ -241,10 +248,8 @@ def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> 
                 data, model, block_size=args.block_size, overlap=args.overlap, diameter=diameter,
                 do_3d=args.do_3d, anisotropy=args.anisotropy, out=job.out,
                 overwrite=args.overwrite, cluster=cluster, skip_below=args.skip_below,
-                progress=bars, cellprob_threshold=args.cellprob_threshold,
-                flow_threshold=args.flow_threshold, min_size=args.min_size,
-                augment=args.augment, batch_size=args.batch_size,
-                stitch_threshold=args.stitch, **kw)
+                progress=bars, augment=args.augment, batch_size=args.batch_size,
+                **mask_params(args).as_dict(), **kw)
         except (ValueError, FileExistsError, FileNotFoundError) as exc:
             raise type(exc)(f"{job.label}: {exc}") from None
         finally:

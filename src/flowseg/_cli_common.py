@@ -1,20 +1,25 @@
 """Pieces shared by the ``flowseg`` sub-commands (segment, blockwise, track, train).
 
-Reading images and folders, the ``--channels`` argument, the default model and the tqdm
-progress bars.  Nothing here imports the engine at module level: ``flowseg --help`` stays
-quick; :func:`load_model` imports the engine (torch) when it runs.
+Reading images and folders, the ``--channels`` argument, the mask-parameter options (their
+defaults are :class:`~flowseg.engine.flows.params.MaskParams`'), the default model and the
+tqdm progress bars.  Nothing torch-heavy is imported at module level: ``flowseg --help``
+stays quick; :func:`load_model` imports the model code when it runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "OUTPUT_MARKERS", "ProgressBars", "collect_images", "is_output",
-           "load_model", "parse_channels", "read_image"]
+from .engine.flows.params import MaskParams
+
+__all__ = ["IMAGE_SUFFIXES", "OUTPUT_MARKERS", "ProgressBars", "add_mask_args",
+           "collect_images", "is_output", "load_model", "mask_params", "parse_channels",
+           "read_image"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 OUTPUT_MARKERS = ("_masks", "_flows", "_cellprob", "_seg", "_cp_masks")
@@ -118,3 +123,31 @@ def load_model(name: str | None, device: str | None) -> Any:
                              "e.g. ~/.cellpose/models/cyto3) or train one with `flowseg train`")
         name = "cyto"
     return Model.load(name, device=device)
+
+
+_MASK_HELP = {
+    "cellprob_threshold": "cell-probability logit above which pixels are followed",
+    "flow_threshold": "largest flow error of a 2D mask (0: no check)",
+    "min_size": "smallest mask in pixels (voxels); -1 or 0: keep all",
+}
+
+
+def add_mask_args(p: argparse.ArgumentParser,
+                  names: tuple[str, ...] = ("cellprob_threshold", "flow_threshold", "min_size")
+                  ) -> None:
+    """Options ``--cellprob-threshold``, ``--flow-threshold``, ``--min-size`` (or those in
+    ``names``) with :class:`MaskParams`' defaults."""
+    defaults = MaskParams()
+    for name in names:
+        value = getattr(defaults, name)
+        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
+                       help=f"{_MASK_HELP[name]} (default {value})")
+
+
+def mask_params(args: argparse.Namespace) -> MaskParams:
+    """The :class:`MaskParams` the options ask for (``--stitch`` included where there is
+    one); ``ValueError`` naming the parameter for a value out of range."""
+    values = {k: getattr(args, k) for k in _MASK_HELP if hasattr(args, k)}
+    if hasattr(args, "stitch"):
+        values["stitch_threshold"] = args.stitch
+    return MaskParams(**values)

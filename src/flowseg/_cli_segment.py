@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 
 from ._cli_blocks import add_block_args, blockwise_jobs, run_blocks
-from ._cli_common import ProgressBars, collect_images, load_model, parse_channels, read_image
+from ._cli_common import (
+    ProgressBars,
+    add_mask_args,
+    collect_images,
+    load_model,
+    mask_params,
+    parse_channels,
+    read_image,
+)
+from .engine.flows.params import MaskParams
 
 
 def add_segment_args(p: argparse.ArgumentParser) -> None:
@@ -39,13 +48,11 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-axis", type=int, default=None, help="axis holding channels")
     p.add_argument("--z-axis", type=int, default=None, help="z axis of 3D images")
     p.add_argument("--3d", dest="do_3d", action="store_true", help="full 3D segmentation")
-    p.add_argument("--stitch", type=float, default=0.0, metavar="IOU",
+    p.add_argument("--stitch", type=float, default=MaskParams.stitch_threshold, metavar="IOU",
                    help="for stacks: 2D per slice, stitched across z at this IoU (e.g. 0.5)")
     p.add_argument("--anisotropy", type=float, default=None, metavar="A",
                    help="z step / pixel size for 3D (e.g. 2.0)")
-    p.add_argument("--cellprob-threshold", type=float, default=0.0)
-    p.add_argument("--flow-threshold", type=float, default=0.4)
-    p.add_argument("--min-size", type=int, default=15)
+    add_mask_args(p)
     p.add_argument("--augment", action="store_true", help="flip test-time augmentation")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
@@ -121,14 +128,13 @@ def run_segment(args: argparse.Namespace) -> int:
     if not args.paths and not args.sample:
         raise ValueError("give image files/folders, or --sample to try the bundled sample")
 
+    mask = mask_params(args)  # a bad threshold stops here, before any image is read
     if block_jobs := blockwise_jobs(args):
         return run_blocks(args, block_jobs)
     kw = {"channels": parse_channels(args.channels), "channel_axis": args.channel_axis,
           "z_axis": args.z_axis, "diameter": args.diameter, "do_3d": args.do_3d,
-          "anisotropy": args.anisotropy, "stitch_threshold": args.stitch,
-          "augment": args.augment, "batch_size": args.batch_size,
-          "cellprob_threshold": args.cellprob_threshold,
-          "flow_threshold": args.flow_threshold, "min_size": args.min_size}
+          "anisotropy": args.anisotropy, "augment": args.augment,
+          "batch_size": args.batch_size, **mask.as_dict()}
     jobs: list[tuple[str, Any, Path, dict]] = []
     if args.sample:
         from .engine.data.samples import load_sample

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import ProgressBars, collect_images, load_model, parse_channels, read_image
+from ._cli_common import (
+    ProgressBars,
+    add_mask_args,
+    collect_images,
+    load_model,
+    mask_params,
+    parse_channels,
+    read_image,
+)
+from .engine.flows.params import MaskParams
 
 __all__ = ["add_track_args", "read_timelapse", "run_track"]
 
@@ -43,13 +52,11 @@ def add_track_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--z-axis", type=int, default=None,
                    help="z axis of 3D frames (counted with the T axis)")
     p.add_argument("--3d", dest="do_3d", action="store_true", help="full 3D segmentation per frame")
-    p.add_argument("--stitch", type=float, default=0.0, metavar="IOU",
+    p.add_argument("--stitch", type=float, default=MaskParams.stitch_threshold, metavar="IOU",
                    help="3D frames: 2D per slice, stitched across z at this IoU")
     p.add_argument("--anisotropy", type=float, default=None, metavar="A",
                    help="z step / pixel size for 3D frames")
-    p.add_argument("--cellprob-threshold", type=float, default=0.0)
-    p.add_argument("--flow-threshold", type=float, default=0.4)
-    p.add_argument("--min-size", type=int, default=15)
+    add_mask_args(p)
     p.add_argument("--max-gap", type=int, default=2,
                    help="frames a cell may be missed and keep its track (default 2; 0: none)")
     p.add_argument("--max-distance", type=float, default=None, metavar="PX",
@@ -125,9 +132,8 @@ def run_track(args: argparse.Namespace) -> int:
           file=sys.stderr)
     bars = ProgressBars(not args.no_progress)
     kw = {"channels": parse_channels(args.channels), "channel_axis": args.channel_axis,
-          "z_axis": args.z_axis, "do_3d": args.do_3d, "stitch_threshold": args.stitch,
-          "anisotropy": args.anisotropy, "cellprob_threshold": args.cellprob_threshold,
-          "flow_threshold": args.flow_threshold, "min_size": args.min_size}
+          "z_axis": args.z_axis, "do_3d": args.do_3d, "anisotropy": args.anisotropy,
+          **mask_params(args).as_dict()}
     t0 = time.perf_counter()
     try:
         result = track(model, image, t_axis=t_axis, diameter=args.diameter, link=link,

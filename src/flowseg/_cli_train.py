@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import parse_channels
+from ._cli_common import add_mask_args, mask_params, parse_channels
 from .engine.training.budget import DEFAULT_TIME_BUDGET
 
 
@@ -198,8 +198,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--true-diameter", action="store_true",
                    help="use each image's median ground-truth diameter")
     p.add_argument("--channels", nargs=2, metavar=("CYTO", "NUC"))
-    p.add_argument("--flow-threshold", type=float, default=0.4)
-    p.add_argument("--cellprob-threshold", type=float, default=0.0)
+    add_mask_args(p, ("flow_threshold", "cellprob_threshold"))
     p.add_argument("--max-images", type=int)
     p.add_argument("--csv", help="write per-image results to this CSV file")
 
@@ -222,14 +221,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.max_images:
         pairs = pairs[: args.max_images]
     channels = parse_channels(args.channels)
+    mask = mask_params(args)
     thr = (0.5, 0.75, 0.9)
     rows = []
     for ip, lp in tqdm(pairs, desc="eval", unit="img", file=sys.stderr, dynamic_ncols=True):
         img, gt = read_image(ip), np.asarray(read_labels(lp))
         d = median_diameter(gt) if args.true_diameter else args.diameter
-        seg = model.segment(img, diameter=d, channels=channels,
-                            flow_threshold=args.flow_threshold,
-                            cellprob_threshold=args.cellprob_threshold)
+        seg = model.segment(img, diameter=d, channels=channels, **mask.as_dict())
         res = average_precision(gt, seg.masks, thresholds=thr)
         ap = np.asarray(res[0] if isinstance(res, tuple) else res, float).ravel()
         rows.append({"image": ip.name, "n_true": int(len(np.unique(gt)) - (gt.min() == 0)),

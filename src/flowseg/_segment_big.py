@@ -61,7 +61,7 @@ def memory_check(req: SegmentRequest, model: Any) -> MemoryEstimate:
     """Predicted working memory of segmenting ``req`` in memory, and the memory free now."""
     return estimate_segment_memory(
         model, tuple(req.data.shape), channel_axis=req.channel_axis, z_axis=req.z_axis,
-        do_3d=req.do_3d, stitch_threshold=req.stitch_threshold, diameter=req.diameter,
+        do_3d=req.do_3d, stitch_threshold=req.mask.stitch_threshold, diameter=req.diameter,
         anisotropy=req.anisotropy, augment=req.augment)
 
 

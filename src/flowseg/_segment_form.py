@@ -28,6 +28,7 @@ from ._jobs import Job
 from ._model_store import ModelStore, devices
 from ._results import AFTER_EDITS
 from ._segment_request import LOAD_FILE
+from .engine.flows.params import MaskParams
 
 __all__ = ["SegmentForm"]
 
@@ -45,6 +46,12 @@ class SegmentForm(Container):
         self._build()
 
     # ------------------------------------------------------------------ building
+    def mask_params(self) -> MaskParams:
+        """The mask parameters the threshold controls are set to."""
+        return MaskParams(cellprob_threshold=self.cellprob.value,
+                          flow_threshold=self.flow_threshold.value,
+                          min_size=self.min_size.value)
+
     def _build(self) -> None:
         self.image = ComboBox(label="image", choices=self.image_choices)
         self.channel_axis = ComboBox(label="channel axis", choices=[("none", None)])
@@ -59,11 +66,13 @@ class SegmentForm(Container):
         self.shapes = ComboBox(label="circles layer", choices=self.shapes_choices, nullable=True)
         self.shapes_btn = PushButton(text="diameter from Shapes layer")
         self.preview = CheckBox(text="show diameter preview", value=True)
+        defaults = MaskParams()
         self.cellprob = FloatSlider(label="cellprob threshold", min=-6.0, max=6.0, step=0.1,
-                                    value=0.0)
+                                    value=defaults.cellprob_threshold)
         self.flow_threshold = FloatSlider(label="flow threshold", min=0.0, max=3.0, step=0.05,
-                                          value=0.4)
-        self.min_size = SpinBox(label="min size (px)", min=-1, max=1_000_000, value=15)
+                                          value=defaults.flow_threshold)
+        self.min_size = SpinBox(label="min size (px)", min=-1, max=1_000_000,
+                                value=defaults.min_size)
         self.after_edits = ComboBox(
             label="after corrections", choices=list(AFTER_EDITS), value=AFTER_EDITS[0],
             tooltip="what new thresholds do to a masks layer you corrected: keep every cell "

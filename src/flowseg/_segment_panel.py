@@ -133,9 +133,7 @@ class SegmentPanel(SegmentForm):
         layer = self.image.value if layer is None else layer
         settings = self.state.settings_for(layer)
         return make_request(layer, settings, device=self.device.value,
-                            augment=self.augment.value, cellprob_threshold=self.cellprob.value,
-                            flow_threshold=self.flow_threshold.value,
-                            min_size=self.min_size.value)
+                            augment=self.augment.value, mask=self.mask_params())
 
     def run(self, layer: Any = None) -> Any:
         """Segment ``layer`` (default: the picked image) in a worker; returns the worker."""
@@ -321,9 +319,9 @@ class SegmentPanel(SegmentForm):
         if self.busy:
             self._pending_recompute = True
             return None
-        kw = {"cellprob_threshold": float(self.cellprob.value),
-                  "flow_threshold": float(self.flow_threshold.value),
-                  "min_size": int(self.min_size.value)}
+        wanted = self.mask_params()
+        kw = {"cellprob_threshold": wanted.cellprob_threshold,
+              "flow_threshold": wanted.flow_threshold, "min_size": wanted.min_size}
         mode = self.after_edits.value
         if all(res.seg.params.get(k) == v for k, v in kw.items()):
             return None  # nothing changed

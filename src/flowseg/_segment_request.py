@@ -19,6 +19,7 @@ from ._inputs import (
     n_channels,
 )
 from ._session import ImageSettings
+from .engine.flows.params import MaskParams
 
 __all__ = ["AUTO_MODEL", "LOAD_FILE", "SegmentRequest", "default_settings", "make_request"]
 
@@ -40,12 +41,9 @@ class SegmentRequest:
     channels: tuple | None
     diameter: float | None
     do_3d: bool
-    stitch_threshold: float
     anisotropy: float | None
     augment: bool
-    cellprob_threshold: float
-    flow_threshold: float
-    min_size: int
+    mask: MaskParams
 
     @property
     def data(self) -> Any:
@@ -55,10 +53,8 @@ class SegmentRequest:
     def engine_kwargs(self) -> dict:
         """Keyword arguments of ``Model.segment`` (besides progress and cancel)."""
         kw = {"channels": self.channels, "channel_axis": self.channel_axis, "z_axis": self.z_axis,
-                  "diameter": self.diameter, "do_3d": self.do_3d,
-                  "stitch_threshold": self.stitch_threshold, "augment": self.augment,
-                  "cellprob_threshold": self.cellprob_threshold,
-                  "flow_threshold": self.flow_threshold, "min_size": self.min_size}
+              "diameter": self.diameter, "do_3d": self.do_3d, "augment": self.augment,
+              **self.mask.as_dict()}
         if self.anisotropy is not None:
             kw["anisotropy"] = self.anisotropy
         return kw
@@ -93,9 +89,12 @@ def default_settings(layer: Any, model: str | None = None, diameter: float = 30.
 
 
 def make_request(layer: Any, settings: ImageSettings, *, device: str, augment: bool,
-                 cellprob_threshold: float, flow_threshold: float, min_size: int
-                 ) -> SegmentRequest:
-    """Validate ``layer`` and ``settings``; ``ValueError`` with a clear message otherwise."""
+                 mask: MaskParams) -> SegmentRequest:
+    """Validate ``layer`` and ``settings``; ``ValueError`` with a clear message otherwise.
+
+    ``mask`` holds the threshold controls' values; its ``stitch_threshold`` is replaced by
+    the image's own setting (0 unless a stack is segmented slice by slice).
+    """
     from napari.layers import Image
 
     if layer is None:
@@ -121,7 +120,6 @@ def make_request(layer: Any, settings: ImageSettings, *, device: str, augment: b
         channel_axis=ax.channel_axis, z_axis=zax,
         channels=(s.cyto, s.nucleus) if nch > 1 or s.nucleus is not None else None,
         diameter=float(s.diameter) or None, do_3d=do_3d,
-        stitch_threshold=float(s.stitch) if zax is not None and not do_3d else 0.0,
         anisotropy=float(s.anisotropy) if do_3d else None, augment=bool(augment),
-        cellprob_threshold=float(cellprob_threshold), flow_threshold=float(flow_threshold),
-        min_size=int(min_size))
+        mask=mask.replace(stitch_threshold=float(s.stitch) if zax is not None and not do_3d
+                          else 0.0))

@@ -37,6 +37,7 @@ from . import _layers
 from ._jobs import Job
 from ._model_store import ModelStore, devices
 from ._segment_request import LOAD_FILE
+from .engine.flows.params import MaskParams
 from .engine.progress import ProgressEvent
 
 __all__ = ["TrackWidget", "describe", "guess_time_axes"]
@@ -103,10 +104,11 @@ class TrackWidget(Container):
         self.diameter = FloatSpinBox(label="diameter (px)", min=0.0, max=2000.0, step=1.0,
                                      value=0.0, tooltip="one diameter for every frame; 0 = "
                                                         "estimate it once from the movie")
+        defaults = MaskParams()
         self.cellprob = FloatSpinBox(label="cellprob threshold", min=-6.0, max=6.0, step=0.1,
-                                     value=0.0)
+                                     value=defaults.cellprob_threshold)
         self.flow_threshold = FloatSpinBox(label="flow threshold", min=0.0, max=3.0, step=0.05,
-                                           value=0.4)
+                                           value=defaults.flow_threshold)
         self.do_3d = CheckBox(text="3D frames (segment each volume)", value=False)
         self.max_gap = SpinBox(label="max gap (frames)", min=0, max=10, value=2,
                                tooltip="frames a cell may be missed and keep its id")
@@ -228,8 +230,8 @@ class TrackWidget(Container):
                 "channels": channels, "model": str(model), "device": self.device.value,
                 "diameter": float(self.diameter.value) or None,
                 "do_3d": bool(self.do_3d.value and z is not None), "link": self.link_params(),
-                "cellprob_threshold": float(self.cellprob.value),
-                "flow_threshold": float(self.flow_threshold.value)}
+                "mask": MaskParams(cellprob_threshold=self.cellprob.value,
+                                   flow_threshold=self.flow_threshold.value)}
 
     # ------------------------------------------------------------------ running
     def run(self) -> Any:
@@ -257,9 +259,8 @@ class TrackWidget(Container):
             return track(model, req["data"], t_axis=req["t_axis"],
                          diameter=req["diameter"], link=req["link"], channels=req["channels"],
                          channel_axis=req["channel_axis"], z_axis=req["z_axis"],
-                         do_3d=req["do_3d"], cellprob_threshold=req["cellprob_threshold"],
-                         flow_threshold=req["flow_threshold"], progress=progress,
-                         cancel=cancel)
+                         do_3d=req["do_3d"], progress=progress, cancel=cancel,
+                         **req["mask"].as_dict())
 
         return self.job.start(work, on_done=lambda res: self._show(req, res),
                               message="Loading the model")

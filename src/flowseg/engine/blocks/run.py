@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..flows.params import MaskParams
 from ..inference.model import Model
 from ..inference.prepare import check_diameter
 from ..memory import estimate_segment_memory
@@ -144,6 +145,7 @@ def _segment_kwargs(kwargs: dict) -> dict:
     if bad:
         raise TypeError(f"segment_blocks got unexpected keyword argument(s) {', '.join(bad)}; "
                         f"Model.segment options it passes on: {', '.join(SEGMENT_OPTIONS)}")
+    MaskParams.from_dict(kwargs)  # a bad threshold fails here, before any block runs
     return dict(kwargs)
 
 
@@ -223,7 +225,7 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
     diameter = check_diameter(diameter)
     if not 0.0 < float(match_iou) <= 1.0:
         raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
-    stitch = float(seg_kw.get("stitch_threshold", 0.0))
+    stitch = MaskParams.from_dict(seg_kw).stitch_threshold
     src = open_source(data, channel_axis=channel_axis, z_axis=z_axis, do_3d=do_3d,
                       stitch_threshold=stitch)
     lay = src.layout

@@ -6,7 +6,8 @@ diffusion          labels -> flows (heat diffusion from each object's centre); i
                    kernels in ``diffusion_kernels``
 dynamics           flows -> masks (Euler integration, clustering, flow-error check); its
                    kernels in ``dynamics_kernels`` and ``masks_kernels``
-masks              :class:`MaskParams` and :func:`compute_masks` (2D, 3D and slice stacks)
+params             :class:`MaskParams`: the mask parameters and their defaults
+masks              :func:`compute_masks` (2D, 3D and stacks of slices) with a MaskParams
 stitch             2D masks -> 3D objects by IoU across z
 metrics            matching by IoU, average precision, aggregated Jaccard
 """

@@ -42,6 +42,7 @@ from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from . import dynamics_kernels as KD
 from . import masks_kernels as K
 from .diffusion import masks_to_flows, parallel_ranges
+from .params import MaskParams, check_sampling
 
 __all__ = ["MaskResult", "compute_masks", "flows_to_masks", "follow_flows", "flow_errors",
            "warmup"]
@@ -129,15 +130,6 @@ def follow_flows(flows: np.ndarray, points: np.ndarray, niter: int = DEFAULT_NIT
     return _follow(fl, flows.shape[1:], np.asarray(points, np.float32), niter, tol)
 
 
-SAMPLINGS = ("exact", "cellpose3")
-
-
-def check_sampling(sampling: str) -> None:
-    """Raise a ``ValueError`` unless ``sampling`` is one of :data:`SAMPLINGS`."""
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-
-
 def _follow(fl: np.ndarray, shape: tuple, points: np.ndarray, niter: int, tol: float,
             sampling: str = "exact"):
     """:func:`follow_flows` on the interleaved flattened field ``fl``."""
@@ -206,10 +198,12 @@ def _fill_holes(masks: np.ndarray) -> None:
         K.apply_fill(masks.ravel(), bg.ravel(), owner)
 
 
-def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
-                  flow_threshold: Optional[float] = 0.4, min_size: int = 15,
+def compute_masks(flows, cellprob, *,
+                  cellprob_threshold: float = MaskParams.cellprob_threshold,
+                  flow_threshold: Optional[float] = MaskParams.flow_threshold,
+                  min_size: int = MaskParams.min_size,
                   niter: Optional[int] = None, max_size_fraction: float = 0.4,
-                  converge_tol: Optional[float] = None, sampling: str = "exact",
+                  converge_tol: Optional[float] = None, sampling: str = MaskParams.sampling,
                   progress: Optional[ProgressCallback] = None,
                   cancel: CancelToken = None) -> MaskResult:
     """Masks from unit flows and cell probability, with the intermediate results.
@@ -290,10 +284,12 @@ def compute_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
     return MaskResult(masks, pts, ends, errs, n_bad, niter, work)
 
 
-def flows_to_masks(flows, cellprob, *, cellprob_threshold: float = 0.0,
-                   flow_threshold: Optional[float] = 0.4, min_size: int = 15,
+def flows_to_masks(flows, cellprob, *,
+                   cellprob_threshold: float = MaskParams.cellprob_threshold,
+                   flow_threshold: Optional[float] = MaskParams.flow_threshold,
+                   min_size: int = MaskParams.min_size,
                    niter: Optional[int] = None, max_size_fraction: float = 0.4,
-                   sampling: str = "exact",
+                   sampling: str = MaskParams.sampling,
                    progress: Optional[ProgressCallback] = None,
                    cancel: CancelToken = None) -> np.ndarray:
     """Instance masks from flows and cell probability (the Cellpose dynamics).

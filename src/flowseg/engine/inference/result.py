@@ -9,6 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..flows.masks import compute_masks
+from ..flows.params import MaskParams
 from ..progress import CancelToken, ProgressCallback
 
 __all__ = ["Segmentation"]
@@ -32,8 +33,9 @@ class Segmentation:
     diameter : float
         Object diameter (pixels) the image was processed at.
     params : dict
-        Mask parameters used (``cellprob_threshold``, ``flow_threshold``, ``min_size``,
-        ``niter``, ``stitch_threshold``, ``sampling``) and how the diameter was chosen.
+        Mask parameters used (the fields of
+        :class:`~flowseg.engine.flows.params.MaskParams`, also as :attr:`mask_params`) and
+        how the image was processed (``diameter_source``, ``do_3d``, ``rescale``, ...).
     """
 
     masks: np.ndarray
@@ -48,29 +50,43 @@ class Segmentation:
         """Number of labelled objects."""
         return int(len(np.unique(self.masks[self.masks > 0])))
 
+    @property
+    def mask_params(self) -> MaskParams:
+        """The :class:`~flowseg.engine.flows.params.MaskParams` the masks were made with."""
+        return MaskParams.from_dict(self.params)
+
     def recompute(self, cellprob_threshold: Optional[float] = None,
                   flow_threshold: Optional[float] = None, min_size: Optional[int] = None,
                   niter: Optional[int] = None, stitch_threshold: Optional[float] = None,
-                  sampling: Optional[str] = None,
+                  sampling: Optional[str] = None, *,
                   progress: Optional[ProgressCallback] = None,
-                  cancel: CancelToken = None) -> "Segmentation":
+                  cancel: CancelToken = None) -> Segmentation:
         """New masks from the stored flows and probabilities (no network run).
 
-        Parameters left as None keep their previous value.  Returns a new
-        :class:`Segmentation` sharing ``flows``, ``cellprob`` and ``styles`` (not copied).
+        Parameters
+        ----------
+        cellprob_threshold, flow_threshold, min_size, niter, stitch_threshold, sampling
+            The mask parameters to change (see
+            :class:`~flowseg.engine.flows.params.MaskParams`); None keeps the value the
+            masks were made with.
+        progress, cancel
+            See :mod:`flowseg.engine.progress`.
+
+        Returns
+        -------
+        Segmentation
+            A new result sharing ``flows``, ``cellprob`` and ``styles`` (not copied), with
+            the parameters used in ``params``.
+
+        Raises
+        ------
+        ValueError
+            For a parameter out of range.
         """
-        p: dict[str, Any] = dict(self.params)
-        for k, v in (("cellprob_threshold", cellprob_threshold),
-                     ("flow_threshold", flow_threshold), ("min_size", min_size),
-                     ("niter", niter), ("stitch_threshold", stitch_threshold),
-                     ("sampling", sampling)):
-            if v is not None:
-                p[k] = v
-        masks = compute_masks(self.flows, self.cellprob,
-                              cellprob_threshold=p.get("cellprob_threshold", 0.0),
-                              flow_threshold=p.get("flow_threshold", 0.4),
-                              min_size=p.get("min_size", 15), niter=p.get("niter"),
-                              stitch_threshold=p.get("stitch_threshold", 0.0),
-                              sampling=p.get("sampling", "exact"),
-                              progress=progress, cancel=cancel)
-        return dataclasses.replace(self, masks=masks, params=p)
+        mp = self.mask_params.replace(cellprob_threshold=cellprob_threshold,
+                                      flow_threshold=flow_threshold, min_size=min_size,
+                                      niter=niter, stitch_threshold=stitch_threshold,
+                                      sampling=sampling)
+        masks = compute_masks(self.flows, self.cellprob, mp, progress=progress, cancel=cancel)
+        params: dict[str, Any] = {**self.params, **mp.as_dict()}
+        return dataclasses.replace(self, masks=masks, params=params)

@@ -21,8 +21,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..flows.dynamics import check_sampling
 from ..flows.masks import compute_masks
+from ..flows.params import MaskParams
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .base import ModelBase
 from .prepare import WHOLE_MAX, Normalize, check_diameter, default_niter, prepare_input, run_2d
@@ -71,12 +71,15 @@ def _empty(model: ModelBase, x: np.ndarray, sdim: int, diameter: Optional[float]
 
 def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=None,
             z_axis=None, diameter: Optional[float] = None, do_3d: bool = False,
-            anisotropy: Optional[float] = None, stitch_threshold: float = 0.0,
+            anisotropy: Optional[float] = None,
+            stitch_threshold: float = MaskParams.stitch_threshold,
             augment: bool = False, tile_overlap: float = 0.1, batch_size: int = 8,
-            normalize: Normalize = True, cellprob_threshold: float = 0.0,
-            flow_threshold: float = 0.4, min_size: int = 15, niter: Optional[int] = None,
+            normalize: Normalize = True,
+            cellprob_threshold: float = MaskParams.cellprob_threshold,
+            flow_threshold: float = MaskParams.flow_threshold,
+            min_size: int = MaskParams.min_size, niter: Optional[int] = MaskParams.niter,
             bsize: int = 224, whole_max: int = WHOLE_MAX, pad_extra: int = 8,
-            sampling: str = "exact",
+            sampling: str = MaskParams.sampling,
             progress: Optional[ProgressCallback] = None,
             cancel: CancelToken = None) -> Segmentation:
     """Segment a 2D image, a stack of 2D slices or a 3D volume.
@@ -123,25 +126,23 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
     Segmentation
     """
     diameter = check_diameter(diameter)
-    if not 0.0 <= float(stitch_threshold) <= 1.0:
-        raise ValueError(f"stitch_threshold must be in [0, 1], got {stitch_threshold}")
-    if do_3d and stitch_threshold > 0:
+    mask = MaskParams(cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
+                      min_size=min_size, niter=niter, stitch_threshold=stitch_threshold,
+                      sampling=sampling)  # validated before the network runs
+    if do_3d and mask.stitch_threshold > 0:
         raise ValueError("use either do_3d=True or stitch_threshold > 0, not both")
     if anisotropy is not None and not (math.isfinite(float(anisotropy)) and anisotropy > 0):
         raise ValueError(f"anisotropy must be a finite number > 0, got {anisotropy!r}")
-    if min_size is None or int(min_size) < -1:
-        raise ValueError(f"min_size must be an integer >= -1, got {min_size!r}")
     report(progress, "prepare", 0, 1, "normalising")
     x, sdim = prepare_input(model, image, channels=channels, channel_axis=channel_axis,
-                            z_axis=z_axis, do_3d=do_3d, stitch_threshold=stitch_threshold,
+                            z_axis=z_axis, do_3d=do_3d, stitch_threshold=mask.stitch_threshold,
                             normalize=normalize)
     report(progress, "prepare", 1, 1, "normalising")
     check_cancel(cancel)
     if _is_constant(x):
         return _empty(model, x, sdim, diameter, dict(
-            cellprob_threshold=float(cellprob_threshold), flow_threshold=float(flow_threshold),
-            min_size=int(min_size), niter=niter, stitch_threshold=float(stitch_threshold),
-            diameter_source="constant image: nothing to segment", do_3d=bool(do_3d and sdim == 3)))
+            mask.as_dict(), diameter_source="constant image: nothing to segment",
+            do_3d=bool(do_3d and sdim == 3)))
     source = "given"
     if diameter is None:
         if model.size_model is not None:
@@ -152,17 +153,13 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
         else:
             diameter = model.diam_mean
             source = "model diam_mean (no size model; pass diameter to resize)"
-    check_sampling(sampling)  # before the network runs
     rescale = model.diam_mean / diameter
     zf = rescale * float(anisotropy or 1.0) if (sdim == 3 and do_3d) else 1.0
     _check_work_size(x.shape[:-1], rescale, zf, diameter, model.diam_mean)
-    if niter is None:
-        niter = default_niter(diameter, model.diam_mean)
-    params: dict[str, Any] = dict(cellprob_threshold=float(cellprob_threshold),
-                                  flow_threshold=float(flow_threshold), min_size=int(min_size),
-                                  niter=int(niter), stitch_threshold=float(stitch_threshold),
-                                  diameter_source=source, do_3d=bool(do_3d and sdim == 3),
-                                  rescale=rescale)
+    if mask.niter is None:
+        mask = mask.replace(niter=default_niter(diameter, model.diam_mean))
+    params: dict[str, Any] = dict(mask.as_dict(), diameter_source=source,
+                                  do_3d=bool(do_3d and sdim == 3), rescale=rescale)
     opts = dict(bsize=bsize, tile_overlap=tile_overlap, batch_size=batch_size, augment=augment,
                 whole_max=int(whole_max), pad_extra=int(pad_extra), progress=progress,
                 cancel=cancel)
@@ -170,7 +167,6 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
         flows, cellprob, styles = run_3d(model, x, rescale, anisotropy=anisotropy, **opts)
         del x  # free the normalised volume before the 3D dynamics
         params["anisotropy"] = None if anisotropy is None else float(anisotropy)
-        params["sampling"] = str(sampling)
     else:
         stack = x if sdim == 3 else x[None]
         y, styles = run_2d(model, stack, rescale, **opts)
@@ -181,10 +177,6 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
         if sdim == 2:
             flows, cellprob, styles = flows[:, 0], cellprob[0], styles[0]
     check_cancel(cancel)
-    masks = compute_masks(flows, cellprob, cellprob_threshold=params["cellprob_threshold"],
-                          flow_threshold=params["flow_threshold"], min_size=params["min_size"],
-                          niter=params["niter"], stitch_threshold=params["stitch_threshold"],
-                          sampling=params.get("sampling", "exact"),
-                          progress=progress, cancel=cancel)
+    masks = compute_masks(flows, cellprob, mask, progress=progress, cancel=cancel)
     return Segmentation(masks=masks, flows=flows, cellprob=cellprob, styles=styles,
                         diameter=float(diameter), params=params)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..flows.masks import compute_masks
+from ..flows.params import MaskParams
 from ..network.tiling import run_tiled
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .base import ModelBase
@@ -73,10 +74,10 @@ def estimate_diameter_prepared(model: ModelBase, x: np.ndarray, *, batch_size: i
         check_cancel(cancel)
         rescale = model.diam_mean / diam
         y, _ = run_2d(model, x[None], rescale, bsize=224, tile_overlap=0.1,
-                       batch_size=batch_size, augment=False, progress=None, cancel=cancel,
-                       whole_max=WHOLE_MAX)
+                      batch_size=batch_size, augment=False, progress=None, cancel=cancel,
+                      whole_max=WHOLE_MAX)
         masks = compute_masks(y[0, :2] * np.float32(0.2), y[0, 2],
-                              niter=default_niter(diam, model.diam_mean))
+                              MaskParams(niter=default_niter(diam, model.diam_mean)))
         d, _ = mask_diameters(masks)
         if d > 0:
             diam = max(_MIN_DIAM, d)

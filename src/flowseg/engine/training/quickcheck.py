@@ -25,6 +25,7 @@ import numpy as np
 from ..flows.diffusion import masks_to_flows
 from ..flows.masks import compute_masks
 from ..flows.metrics import average_precision
+from ..flows.params import MaskParams
 from ..inference.transforms import resize_image
 from ..network.tiling import run_tiled
 from ..progress import CancelToken, check_cancel
@@ -177,7 +178,7 @@ def check_model(net, check: CheckSet, *, niter: int = 200,
     for x, lab, fl in zip(check.images, check.labels, check.flows):
         check_cancel(cancel)
         y, _ = run_tiled(net, x)
-        masks = compute_masks(y[:2] * np.float32(0.2), y[2], niter=niter)
+        masks = compute_masks(y[:2] * np.float32(0.2), y[2], MaskParams(niter=niter))
         ap = np.asarray(average_precision(lab, masks, thresholds=(0.5, 0.75)), float).ravel()
         ap50.append(ap[0])
         ap75.append(ap[1])
