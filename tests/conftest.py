@@ -1,7 +1,10 @@
 """Shared pytest configuration.
 
-Tests that need napari / Qt live in ``tests/test_napari_*.py``; they are ignored when napari
-is not installed (the ``engine`` tox environment), so the engine suite runs without a GUI stack.
+Tests that need napari / Qt live in ``tests/gui/``; they are ignored when napari is not
+installed (the ``engine`` tox environment), so the engine suite runs without a GUI stack.  The
+fixtures here are shared by both; helpers shared by GUI tests are imported from
+``tests/gui/test_napari_widget.py`` (``from test_napari_widget import ...``: pytest puts each
+test file's folder on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), "
 
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("napari") is None or importlib.util.find_spec("qtpy") is None:
-    collect_ignore_glob += ["test_napari_*.py"]
+    collect_ignore_glob += ["gui/*"]
 
 
 @pytest.fixture
@@ -37,3 +40,13 @@ def peer_python() -> str:
     if not py:
         pytest.skip("FLOWSEG_PEER_PYTHON not set")
     return py
+
+
+_GUI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gui")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests under ``tests/gui/`` ``gui`` (``pytest -m "not gui"``: no display needed)."""
+    for item in items:
+        if os.path.commonpath([str(item.path), _GUI]) == _GUI:
+            item.add_marker(pytest.mark.gui)

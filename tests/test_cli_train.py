@@ -26,7 +26,11 @@ def folder(tmp_path):
 
 
 def test_train_then_eval(folder, tmp_path, capsys):
+    import imageio.v3
+
+    from flowseg.engine.flows.metrics import average_precision
     from flowseg.engine.inference.model import Model
+    from flowseg.engine.training.prep import median_diameter
 
     out = tmp_path / "m.pt"
     rc = main(["train", "--dir", str(folder), "--width", "8", "--crop", "64", "--epochs", "2",
@@ -48,7 +52,18 @@ def test_train_then_eval(folder, tmp_path, capsys):
     assert "3 image(s)" in text and "AP@0.5 =" in text and "AP@0.9 =" in text
     rows = list(csv.DictReader(open(tmp_path / "ap.csv")))
     assert [r["image"] for r in rows] == ["img0.tif", "img1.tif", "img2.tif"]
-    assert all(0.0 <= float(r["ap50"]) <= 1.0 for r in rows)
+    # the reported AP is the AP of the model's masks, image by image, and their mean
+    model = Model.load(out)
+    for r in rows:
+        img = tifffile.imread(folder / r["image"])
+        gt = imageio.v3.imread(folder / r["image"].replace(".tif", "_masks.png"))
+        seg = model.segment(img, diameter=median_diameter(gt))
+        res = average_precision(gt, seg.masks, thresholds=(0.5,))
+        want = float(np.ravel(res[0] if isinstance(res, tuple) else res)[0])
+        assert float(r["ap50"]) == pytest.approx(want, abs=6e-5), r  # CSV: 4 decimals
+        assert int(r["n_true"]) == len(np.unique(gt)) - 1
+    mean = np.mean([float(r["ap50"]) for r in rows])
+    assert f"AP@0.5 = {mean:.3f}" in text, text
 
 
 def test_train_errors(folder, tmp_path, capsys):

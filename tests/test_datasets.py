@@ -60,17 +60,28 @@ def test_shape_mismatch_is_reported(folder):
         load_folder(folder)
 
 
-def test_malicious_seg_file_is_refused(folder):
-    import pickle
+class _Evil:
+    """Unpickling this creates a file: proof that code from the file ran."""
 
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+    def __init__(self, target: str) -> None:
+        self.target = target
 
-    np.save(folder / "img2_seg.npy", np.array({"masks": Evil()}, dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError):
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_malicious_seg_file_is_refused(folder, tmp_path):
+    from flowseg.engine.io.segfile import UnsafeFileError
+
+    target = tmp_path / "created_by_pickle.txt"
+    np.save(folder / "img2_seg.npy", np.array({"masks": _Evil(str(target))}, dtype=object),
+            allow_pickle=True)
+    np.load(folder / "img2_seg.npy", allow_pickle=True)  # the payload does run when trusted
+    assert target.exists()
+    target.unlink()
+    with pytest.raises(UnsafeFileError, match="could execute code"):
         read_labels(folder / "img2_seg.npy")
-    assert pickle  # (imported for clarity of intent)
+    assert not target.exists()
 
 
 def test_split_validation():

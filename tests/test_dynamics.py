@@ -177,10 +177,22 @@ def test_round_trip_large(shape, diameter, min_ap):
     assert average_precision(lab, masks, [0.9])[0] >= min_ap
 
 
-def test_warmup_runs():
-    from flowseg.engine.flows.dynamics import warmup
+def test_warmup_compiles_the_kernels_of_the_dimensions_asked():
+    """In a fresh process nothing is compiled; warmup((2,)) compiles (or loads from numba's
+    cache) the 2D kernels of flows, dynamics and masks, and leaves the 3D ones alone."""
+    import subprocess
+    import sys
 
-    warmup((2,))
+    code = (
+        "from flowseg.engine.flows import diffusion_kernels as F, dynamics as D\n"
+        "from flowseg.engine.flows import dynamics_kernels as KD, masks_kernels as K\n"
+        "kernels = [KD.follow_2d, KD.follow_3d, K.find_seeds, F.flows_2d, F.flows_3d]\n"
+        "assert not any(k.signatures for k in kernels)\n"
+        "D.warmup((2,))\n"
+        "print([bool(k.signatures) for k in kernels])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[-2] == "[True, False, True, True, False]"
 
 
 @pytest.mark.peer
@@ -208,10 +220,13 @@ def test_same_masks_as_cellpose3(tmp_path, peer_python):
 def test_warmup_in_background_runs_once_and_compiles():
     from flowseg.engine.flows.dynamics import warmup_in_background
 
+    from flowseg.engine.flows import dynamics_kernels as KD
+
     th = warmup_in_background()
     assert warmup_in_background() is th  # once per process
     th.join(timeout=300)
     assert not th.is_alive()
+    assert KD.follow_2d.signatures and KD.follow_3d.signatures  # 2D and 3D kernels ready
 
 
 def test_cellpose3_sampling_steps_like_cellpose():

@@ -113,16 +113,24 @@ def test_bad_state_dicts_give_clear_errors(tmp_path):
 
 
 class _Payload:
-    """An arbitrary class: unpickling it would run code from the file's point of view."""
+    """Unpickling this creates a file: proof that code from the model file ran."""
 
-    def __init__(self) -> None:
-        self.value = 1
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
 
 
 def test_pickled_code_is_refused(tmp_path):
-    torch.save({"x": _Payload()}, tmp_path / "evil.pt")
+    target = tmp_path / "created_by_pickle.txt"
+    torch.save({"x": _Payload(str(target))}, tmp_path / "evil.pt")
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the payload does run when trusted
+    assert target.exists()
+    target.unlink()
     with pytest.raises(ModelFileError, match="weights_only"):
         Model.load(tmp_path / "evil.pt")
+    assert not target.exists()
 
 
 @pytest.mark.peer

@@ -20,12 +20,18 @@ def test_manifest_validates_and_docks(make_napari_viewer):
     assert {s.key for s in pm.contributions.sample_data} == {"nuclei", "cells", "cells3d"}
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-flowseg", "Segment cells")
-    assert widget.viewer is not None and dock is not None
+    assert widget.viewer is viewer  # the plugin got this viewer, and the dock holds the widget
+    assert [w for w in viewer.window.dock_widgets.values() if w is widget] == [widget]
+    qt = getattr(widget, "native", widget)
+    assert dock.widget() is qt or dock.widget().isAncestorOf(qt)
     assert [widget.tabs.tabText(i) for i in range(widget.tabs.count())] == [
         "Segment", "Edit", "Train"]
     dock, tracker = viewer.window.add_plugin_dock_widget("napari-flowseg",
                                                          "Track cells (time-lapse)")
-    assert dock is not None and tracker.__class__.__name__ == "TrackWidget"
+    assert tracker.__class__.__name__ == "TrackWidget" and tracker.viewer is viewer
+    qt = getattr(tracker, "native", tracker)
+    assert dock.widget() is qt or dock.widget().isAncestorOf(qt)
+    assert len(viewer.window.dock_widgets) == 2
 
 
 @pytest.mark.parametrize("key, shape", [("nuclei", (320, 320)), ("cells", (2, 384, 384)),
