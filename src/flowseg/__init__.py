@@ -10,6 +10,12 @@ Progress and cancel: long calls (:meth:`Model.segment`, :func:`train`, ...) take
 ``progress=`` (a callable receiving :class:`ProgressEvent` objects) and ``cancel=`` (anything
 with ``is_set()``, e.g. a :class:`threading.Event`); a cancelled call raises
 :class:`Cancelled` or, for training, returns its best model so far.
+
+Errors: input flowseg cannot use (an image, a file, a parameter, a model file) raises
+:class:`InputError`, a ``ValueError`` with a message saying what is wrong, or one of its
+subclasses :class:`FileReadError` (a corrupt / unreadable file, named), :class:`ModelFileError`,
+:class:`UnsafeFileError` (a pickle that could run code, refused) and
+:class:`NotEnoughMemoryError` (an in-memory run that would not fit in the free memory).
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ __all__ = [
     "Cancelled",
     "load_sample",
     "segment_blocks",
+    "InputError",
+    "FileReadError",
+    "ModelFileError",
+    "UnsafeFileError",
+    "NotEnoughMemoryError",
 ]
 
 _LAZY = {
@@ -45,6 +56,11 @@ _LAZY = {
     "Cancelled": "flowseg.engine.progress",
     "load_sample": "flowseg.engine.data.samples",
     "segment_blocks": "flowseg.engine.blocks",
+    "InputError": "flowseg.engine.errors",
+    "FileReadError": "flowseg.engine.errors",
+    "NotEnoughMemoryError": "flowseg.engine.errors",
+    "ModelFileError": "flowseg.engine.io.modelfile",
+    "UnsafeFileError": "flowseg.engine.io.segfile",
 }
 
 

@@ -156,6 +156,7 @@ def segment_block(spec: RunSpec, block: Block, model: Any, data: Any,
     x = normalize_block(x, spec.lohi)
     seg = model.segment(x, channels=(0, 1 if spec.nchan > 1 else None), channel_axis=-1,
                         z_axis=0 if lay.ndim == 3 else None, normalize=False, cancel=flag,
+                        check_memory=False,  # the plan sized the block to the task memory
                         **spec.segment_kwargs)
     del x
     labels, n = keep_core_objects(seg.masks, block.core_in_padded)

@@ -159,8 +159,9 @@ class ModelBase:
         sd, meta = load_model_file(path)
         try:
             model = cls.from_state_dict(sd, meta, device=device)
-        except ModelFileError as exc:
-            raise ModelFileError(f"{path}: {exc}") from None
+        except (ModelFileError, KeyError, TypeError, RuntimeError) as exc:
+            raise ModelFileError(f"{path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                                 ) from None
         model.meta["path"] = str(path)
         return model
 

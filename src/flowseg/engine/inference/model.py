@@ -10,13 +10,15 @@ itself in :mod:`flowseg.engine.inference.segment` (2D, slice stacks) and
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
 from ..flows.params import MaskParams
 from ..progress import CancelToken, ProgressCallback
 from .base import ModelBase
+from .checks import check_estimate_input, check_segment_input
 from .prepare import WHOLE_MAX, Normalize
 from .result import Segmentation
 from .segment import segment
@@ -41,8 +43,12 @@ class Model(ModelBase):
                 sampling: str = MaskParams.sampling, bsize: int = 224,
                 whole_max: int = WHOLE_MAX, pad_extra: int = 8,
                 progress: Optional[ProgressCallback] = None,
-                cancel: CancelToken = None) -> Segmentation:
+                cancel: CancelToken = None, check_memory: bool = True) -> Segmentation:
         """Segment a 2D image, a stack of 2D slices or a 3D volume.
+
+        The input is checked first (:func:`flowseg.engine.inference.checks.check_segment_input`):
+        every problem is an :class:`~flowseg.engine.errors.InputError` before any work.  A
+        constant image (e.g. all zero) has no cells: the result is empty.
 
         Parameters
         ----------
@@ -79,6 +85,10 @@ class Model(ModelBase):
             at the model's ``diam_mean``).
         progress, cancel
             Progress callback and cancel token (:mod:`flowseg.engine.progress`).
+        check_memory : bool
+            Refuse (:class:`~flowseg.engine.errors.NotEnoughMemoryError`) a run whose
+            predicted peak memory (:func:`flowseg.engine.memory.estimate_segment_memory`)
+            exceeds the memory free now; False runs anyway.
 
         Returns
         -------
@@ -89,11 +99,19 @@ class Model(ModelBase):
 
         Raises
         ------
-        ValueError
-            For an image, diameter or parameter it cannot use (the message says which).
+        flowseg.InputError
+            (a ``ValueError``) For an image, diameter or parameter it cannot use (the
+            message says which); :class:`flowseg.NotEnoughMemoryError` when it does not
+            fit in the free memory.
         flowseg.Cancelled
             When ``cancel`` is set.
         """
+        image = check_segment_input(
+            self, image, channels=channels, channel_axis=channel_axis, z_axis=z_axis,
+            diameter=diameter, do_3d=do_3d, anisotropy=anisotropy, batch_size=batch_size,
+            augment=augment, memory=check_memory, stitch_threshold=stitch_threshold,
+            cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
+            min_size=min_size, niter=niter, sampling=sampling).array
         return segment(self, image, channels=channels, channel_axis=channel_axis,
                        z_axis=z_axis, diameter=diameter, do_3d=do_3d, anisotropy=anisotropy,
                        stitch_threshold=stitch_threshold, augment=augment,
@@ -130,7 +148,15 @@ class Model(ModelBase):
         float
             The diameter in pixels of ``image`` (see
             :func:`flowseg.engine.inference.size.estimate_diameter`).
+
+        Raises
+        ------
+        flowseg.InputError
+            For an image it cannot use, and for a constant (e.g. empty) image: there is
+            no cell to measure (:func:`flowseg.engine.inference.checks.check_estimate_input`).
         """
+        image = check_estimate_input(self, image, channels=channels,
+                                     channel_axis=channel_axis).array
         return estimate_diameter(self, image, channels=channels, channel_axis=channel_axis,
                                  normalize=normalize, refine=refine, batch_size=batch_size,
                                  progress=progress, cancel=cancel)

@@ -15,13 +15,17 @@ only with ``torch.load(path, weights_only=True, map_location="cpu")``: no pickle
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
+
+from ..errors import InputError, short_reason
 
 __all__ = [
     "FORMAT",
@@ -40,7 +44,7 @@ FORMAT_VERSION = 1
 _FIRST_KEY = "downsample.down.res_down_0.conv.conv_0.0.weight"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A file is not a model file we can read (wrong format, missing or mismatched tensors)."""
 
 
@@ -201,6 +205,58 @@ def _cellpose_meta(sd: Mapping[str, torch.Tensor]) -> dict:
             "source": "cellpose"}
 
 
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in one short line (PyTorch's own message runs to ~900
+    characters of advice about ``weights_only`` that does not apply to a broken file)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        return short_reason(err)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the reason, without PyTorch's advice around it
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any("global" in ln.lower() for ln in lines):
+        return ("it holds pickled Python objects that are not plain weights (refused: "
+                "loading them could run code)")
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
+        return f"it is neither a PyTorch zip nor a pickle file ({size} bytes)"
+    if lines and lines[0].startswith("Weights only load failed") and len(lines) > 1:
+        lines = lines[1:]  # PyTorch's advice about weights_only, not the reason
+    reason = lines[0].split(". ")[0] if lines else type(exc).__name__
+    return f"corrupt or truncated PyTorch file ({short_reason(ValueError(reason), 120)})"
+
+
+def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and low <= value <= high)
+
+
+def _check_meta(path: Path, meta: dict, sd: Mapping[str, Any]) -> None:
+    """Refuse metadata that does not describe the stored weights (a network built from a
+    hostile ``nbase`` could take all memory before the weights are compared)."""
+    problems = []
+    if meta.get("nbase") != infer_nbase(sd) or meta.get("nchan") != meta["nbase"][0]:
+        problems.append(f"nbase/nchan {meta.get('nbase')}/{meta.get('nchan')} do not match "
+                        f"the weights ({infer_nbase(sd)})")
+    if not _number(meta.get("diam_mean"), 1e-3, 1e5):
+        problems.append(f"diam_mean {meta.get('diam_mean')!r} is not a diameter in pixels")
+    norm = meta.get("normalize")
+    if not (isinstance(norm, (list, tuple)) and len(norm) == 2 and _number(norm[0], 0, 100)
+            and _number(norm[1], 0, 100) and norm[0] < norm[1]):
+        problems.append(f"normalize {norm!r} is not a pair of percentiles lo < hi")
+    sm = meta.get("size_model")
+    if sm is not None and not (isinstance(sm, Mapping) and isinstance(sm.get("A"), list)
+                               and all(_number(a) for a in sm["A"]) and _number(sm.get("b"))):
+        problems.append("size_model is not {'A': [numbers], 'b': number}")
+    if problems:
+        raise ModelFileError(f"{path}: bad model metadata: " + "; ".join(problems))
+
+
 def load_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read our model file or a Cellpose 1-3 weight file (``weights_only=True``).
 
@@ -223,9 +279,9 @@ def load_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise FileNotFoundError(f"model file {path} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, unsupported globals ...
-        raise ModelFileError(f"{path} is not a readable PyTorch weights file "
-                             f"(loaded with weights_only=True): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pickle, zip, unsupported globals: one message
+        raise ModelFileError(f"{path} is not a model file: {_load_failure(path, exc)}"
+                             ) from None
     if not isinstance(obj, Mapping):
         raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a state dict")
     if obj.get("format") == FORMAT:
@@ -244,6 +300,7 @@ def load_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         meta.setdefault("normalize", [1.0, 99.0])
         meta.setdefault("size_model", None)
         meta["source"] = "flowseg"
+        _check_meta(path, meta, sd)
         return sd, meta
     if _FIRST_KEY in obj:
         sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..errors import FileReadError, InputError
 from .roi import masks_to_rois, write_imagej_rois
 
 __all__ = [
@@ -65,7 +67,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(InputError):
     """A file holds pickled objects that could run code; it was not loaded."""
 
 
@@ -100,22 +102,25 @@ def _read_npy_safely(path: str) -> Any:
         try:
             version = fmt.read_magic(fh)
         except ValueError as exc:
-            raise ValueError(f"{path!r} is not a .npy file ({exc})") from None
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-        else:
-            shape, fortran, dtype = fmt._read_array_header(fh, version)  # (3, 0)
-        if not dtype.hasobject:
-            fh.seek(0)
-            return np.load(fh, allow_pickle=False)
+            raise FileReadError(path, f"it is not a .npy file ({exc})") from None
+        try:
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                shape, fortran, dtype = fmt._read_array_header(fh, version)  # (3, 0)
+            if not dtype.hasobject:
+                fh.seek(0)
+                return np.load(fh, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - bad header, truncated data: one message
+            raise FileReadError(path, f"corrupt or truncated .npy file ({exc})") from None
         try:
             arr = _RestrictedUnpickler(fh, path).load()
         except UnsafeFileError:
             raise
-        except Exception as exc:  # corrupt pickle stream
-            raise ValueError(f"{path!r}: cannot read its pickled content ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any corrupt pickle stream: one message
+            raise FileReadError(path, f"cannot read its pickled content ({exc})") from None
     return arr
 
 
@@ -144,16 +149,17 @@ def read_seg(path: PathLike) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such _seg.npy file: {path!r}")
     arr = _read_npy_safely(path)
-    dat = arr.item() if isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0 else arr
+    scalar = isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0
+    dat = arr.item() if scalar else arr
     if not isinstance(dat, dict):
-        raise ValueError(f"{path!r} is not a Cellpose _seg.npy file: it holds "
+        raise InputError(f"{path!r} is not a Cellpose _seg.npy file: it holds "
                          f"{type(dat).__name__}, expected a dict with 'masks'")
     if "masks" not in dat:
-        raise ValueError(f"{path!r} is not a Cellpose _seg.npy file: no 'masks' entry "
+        raise InputError(f"{path!r} is not a Cellpose _seg.npy file: no 'masks' entry "
                          f"(keys: {sorted(map(str, dat))})")
     masks = np.asarray(dat["masks"])
     if masks.dtype.kind not in "iub" or masks.ndim not in (2, 3):
-        raise ValueError(f"{path!r}: 'masks' must be a 2D or 3D integer array, got "
+        raise InputError(f"{path!r}: 'masks' must be a 2D or 3D integer array, got "
                          f"{masks.dtype} with shape {masks.shape}")
     dat["masks"] = masks
     if dat.get("outlines") is None or np.shape(dat.get("outlines")) != masks.shape:
@@ -284,7 +290,8 @@ def write_seg(
         raise ValueError("masks must not contain negative labels")
     path = os.fspath(path)
     if not path.endswith("_seg.npy"):
-        path = os.path.splitext(path)[0] + "_seg.npy" if path.endswith(".npy") else path + "_seg.npy"
+        stem = os.path.splitext(path)[0] if path.endswith(".npy") else path
+        path = stem + "_seg.npy"
     nmax = int(masks.max(initial=0))
     dtype = np.uint16 if nmax < 2 ** 16 - 1 else np.uint32
     outlines = masks_to_outlines(masks)
@@ -293,7 +300,8 @@ def write_seg(
         if masks.ndim == 3 and flows.shape == (2, *masks.shape):  # slice-by-slice flows
             flows = np.concatenate([np.zeros((1, *masks.shape), np.float32), flows], 0)
         if flows.shape != (masks.ndim, *masks.shape):
-            raise ValueError(f"flows must have shape {(masks.ndim, *masks.shape)}, got {flows.shape}")
+            raise ValueError(f"flows must have shape {(masks.ndim, *masks.shape)}, "
+                             f"got {flows.shape}")
     if cellprob is not None:
         cellprob = np.asarray(cellprob, np.float32)
         if cellprob.shape != masks.shape:
