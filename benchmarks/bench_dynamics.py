@@ -118,12 +118,12 @@ def main(argv=None) -> int:
         lab = make_labels(shape, diam, seed=0)
         cp = np.where(lab > 0, 5.0, -5.0).astype(np.float32)
         reps = args.repeats if lab.size <= 2**20 else max(2, args.repeats // 2)
-        tf, cf, flows = _best(lambda: masks_to_flows(lab), reps)
-        tm, cm, res = _best(lambda: compute_masks(flows, cp), reps)
+        tf, cf, flows = _best(lambda lab=lab: masks_to_flows(lab), reps)
+        tm, cm, res = _best(lambda flows=flows, cp=cp: compute_masks(flows, cp), reps)
         ap90 = float(average_precision(lab, res.masks, [0.9])[0])
-        row = dict(case=key, shape="x".join(map(str, shape)), cells=int(lab.max()),
-                   flows=tf, flows_cpu=cf, masks=tm, masks_cpu=cm, ap90=ap90,
-                   steps=res.work / max(res.points.shape[1], 1))
+        row = {"case": key, "shape": "x".join(map(str, shape)), "cells": int(lab.max()),
+                   "flows": tf, "flows_cpu": cf, "masks": tm, "masks_cpu": cm, "ap90": ap90,
+                   "steps": res.work / max(res.points.shape[1], 1)}
         if peer:
             row["peer"] = run_peer(peer, lab, args.peer_repeats)
         rows.append(row)

@@ -89,7 +89,7 @@ def embed_width(model: Model, width: int = 32) -> Model:
 
 def run_ours(model: Model, img: np.ndarray, do_3d: bool, runs: int, diameter: float,
              warmup: bool = True, sampling: str = "exact"):
-    kw = dict(channels=(0, 1), channel_axis=-1, diameter=diameter)
+    kw = {"channels": (0, 1), "channel_axis": -1, "diameter": diameter}
     if do_3d:
         kw.update(do_3d=True, z_axis=0, sampling=sampling)
     if warmup:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/timelapse/usiigaci_t98g_phase.tif"
+DEFAULT = (Path(__file__).resolve().parents[1].parent
+           / "shared/data/timelapse/usiigaci_t98g_phase.tif")
 
 
 def main() -> None:

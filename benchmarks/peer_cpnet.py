@@ -5,7 +5,8 @@ runs it on a seeded random input and saves ``{"state_dict", "input", "out", "sty
 ``torch.save`` (tensors only, loadable with ``weights_only=True``).  Used to produce the
 committed fixture ``tests/fixtures/cpnet_w3.pt`` and by the ``peer`` tests::
 
-    $(bash /work/shared/tools/peer_env.sh) benchmarks/peer_cpnet.py tests/fixtures/cpnet_w3.pt --width 3 --size 48 --batch 2 --flat
+    $(bash /work/shared/tools/peer_env.sh) benchmarks/peer_cpnet.py tests/fixtures/cpnet_w3.pt \
+        --width 3 --size 48 --batch 2 --flat
 """
 
 import argparse
@@ -19,7 +20,7 @@ def build(width: int, seed: int, diam_mean: float = 30.0) -> CPnet:
     net = CPnet([2] + [width * 2 ** k for k in range(4)], 3, 3, mkldnn=False,
                 diam_mean=diam_mean)
     with torch.no_grad():
-        for name, mod in net.named_modules():
+        for mod in net.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.5, 0.5)
                 mod.running_var.uniform_(0.5, 2.0)

@@ -50,7 +50,7 @@ def main() -> None:
     model.diam_mean = float(sd["diam_mean"])
     model.diam_labels = float(sd["diam_labels"])
     img = np.load(a.image)
-    kw = dict(channels=[1, 2], diameter=a.diameter, channel_axis=img.ndim - 1)
+    kw = {"channels": [1, 2], "diameter": a.diameter, "channel_axis": img.ndim - 1}
     if a.do_3d:
         kw.update(do_3D=True, z_axis=0)
     if not a.no_warmup:

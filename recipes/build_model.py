@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: src/flowseg/models/<model>.pt")
     p.add_argument("--runs", default=str(ROOT / "runs"))
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint in --runs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the stage's checkpoint in --runs")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=None,
                    help="processes making the crops of stages whose recipe uses worker "
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
     def stage_out(i: int) -> Path:
         return final if i == len(stages) else runs / f"{args.model}_stage{i}.pt"
 
-    log = open(runs / f"{args.model}.log", "a", buffering=1)
+    # the log stays open (line-buffered) for the whole run and closes with the process
+    log = open(runs / f"{args.model}.log", "a", buffering=1)  # noqa: SIM115
     cfg = dict(stages[k - 1])
     if args.epochs and k == 1:  # as before: --epochs sets the first stage's length
         cfg["epochs"] = args.epochs
@@ -101,8 +103,8 @@ def main(argv=None) -> int:
         if ev.stage in ("epoch", "validate", "size") or (ev.stage == "train" and ev.done % 50 == 0):
             info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in ev.info.items())
-            print(f"{time.strftime('%H:%M:%S')} {ev.stage} {ev.done}/{ev.total} {ev.message} {info}",
-                  file=log)
+            print(f"{time.strftime('%H:%M:%S')} {ev.stage} {ev.done}/{ev.total} {ev.message} "
+                  f"{info}", file=log)
 
     def cancel() -> bool:
         return deadline is not None and time.time() > deadline

@@ -20,7 +20,7 @@ SPLITS = Path(__file__).resolve().parent / "splits"
 #: Per-model settings.  Narrow networks and small crops keep CPU training inside a session;
 #: the model cards say so.
 RECIPES: dict[str, dict[str, Any]] = {
-    "nuclei": dict(
+    "nuclei": {
         # Session 7, on a lent GPU (one H100): a width-32 network from random weights with the
         # Cellpose crop size (224), 2.9x the crops and 9x the pixels of the session-6 CPU
         # model (280 x 256 crops of 128 px; validation AP@0.5 0.841, docs/training.md).  The crops
@@ -30,23 +30,24 @@ RECIPES: dict[str, dict[str, Any]] = {
         # The run measured 220 crops/s for the network and 526 crops/s for 12 workers, chose
         # 206 epochs, and took 24 min (156 crops/s with validation).  Stained and brightfield
         # images are drawn 3x as often.  The bundled file stores float16 weights.
-        recipe="from_scratch", epochs=206, learning_rate=0.1, batch_size=8, crop=224,
-        width=32, diam_mean=17.0, channels=None, n_per_epoch=1024, val_every=None, seed=70,
-        checkpoint_every=2.0, warmup=10, oversample=3, half=True, workers=12,
+        "recipe": "from_scratch", "epochs": 206, "learning_rate": 0.1, "batch_size": 8, "crop": 224,
+        "width": 32, "diam_mean": 17.0, "channels": None, "n_per_epoch": 1024, "val_every": None,
+        "seed": 70, "checkpoint_every": 2.0, "warmup": 10, "oversample": 3, "half": True,
+        "workers": 12,
         # Session 8, on the 2-core CPU: the GPU model fine-tuned (SGD 0.02, 3 warm-up
         # epochs, 100 epochs of 256 crops of 128 px, final decay; 60 min), then averaged
         # with it in weight space (recipes/soup.py; the weight 0.5 was fixed beforehand,
         # not searched).  Validation AP@0.5: GPU model 0.844, fine-tuned 0.850, average
         # 0.853 (docs/training.md).
-        stages=[dict(recipe="finetune", optimizer="sgd", learning_rate=0.02, warmup=3,
-                     epochs=100, crop=128, n_per_epoch=256, val_every=20, seed=71,
-                     workers=0, average=0.5)],
-    ),
-    "cyto": dict(
-        recipe="from_scratch", epochs=28, learning_rate=0.1, batch_size=8, crop=160,
-        width=16, diam_mean=30.0, channels=(0, 1), n_per_epoch=256, val_every=10, seed=30,
-        checkpoint_every=3.0,
-    ),
+        "stages": [{"recipe": "finetune", "optimizer": "sgd", "learning_rate": 0.02, "warmup": 3,
+                     "epochs": 100, "crop": 128, "n_per_epoch": 256, "val_every": 20, "seed": 71,
+                     "workers": 0, "average": 0.5}],
+    },
+    "cyto": {
+        "recipe": "from_scratch", "epochs": 28, "learning_rate": 0.1, "batch_size": 8, "crop": 160,
+        "width": 16, "diam_mean": 30.0, "channels": (0, 1), "n_per_epoch": 256, "val_every": 10,
+        "seed": 30, "checkpoint_every": 3.0,
+    },
 }
 
 

@@ -5,9 +5,9 @@ Usage::
     python recipes/gpu_bench.py MINUTES [--crop 224] [--batch 8] [--workers 12]
                                  [--n-per-epoch 1024] [--width 32]
 
-Times the network step (forward, loss, backward, SGD) on random crops (8 s by default) on the default
-device, and the crop workers (:class:`flowseg.engine.training.batches.BatchMaker`) on synthetic
-nuclei images; the slower of the two sets the rate.  Prints ``EPOCHS N``: the epochs of
+Times the network step (forward, loss, backward, SGD) on random crops (8 s by default) on the
+default device, and the crop workers (:class:`flowseg.engine.training.batches.BatchMaker`) on
+synthetic nuclei images; the slower of the two sets the rate.  Prints ``EPOCHS N``: the epochs of
 ``n_per_epoch`` crops that fill 80 % of ``MINUTES`` (the rest is left for validation and
 the size model).  Used to size the nuclei run on a lent GPU (docs/training.md).
 """

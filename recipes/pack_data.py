@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         out = img
         if not f.stem.endswith("_masks") and img.ndim == 3 and img.shape[-1] in (3, 4):
             rgb = img[..., :3]
-            gray = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+            gray = (np.array_equal(rgb[..., 0], rgb[..., 1])
+                    and np.array_equal(rgb[..., 0], rgb[..., 2]))
             out = rgb[..., 0] if gray else rgb
         data = _png(np.ascontiguousarray(out))
         back = skio.imread(io.BytesIO(data))

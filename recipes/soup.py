@@ -14,8 +14,9 @@ style vectors of the averaged network are not those of either end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,8 +24,8 @@ import torch
 import flowseg
 
 
-def average_weights(start: "flowseg.Model", tuned: "flowseg.Model",
-                    weight: float = 0.5) -> "flowseg.Model":
+def average_weights(start: flowseg.Model, tuned: flowseg.Model,
+                    weight: float = 0.5) -> flowseg.Model:
     """``(1 - weight) * start + weight * tuned``, tensor by tensor.
 
     Parameters
@@ -63,7 +64,7 @@ def average_weights(start: "flowseg.Model", tuned: "flowseg.Model",
     return tuned
 
 
-def refit_size(model: "flowseg.Model", images: Sequence[np.ndarray],
+def refit_size(model: flowseg.Model, images: Sequence[np.ndarray],
                labels: Sequence[np.ndarray], *, channels=None, seed: int = 0,
                max_images: int = 64) -> Optional[dict]:
     """Fit ``model``'s size model anew on at most ``max_images`` (a seeded subset) of

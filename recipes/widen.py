@@ -40,8 +40,7 @@ _INPUT_CONV = ("downsample.down.res_down_0.conv.conv_0.2.", "downsample.down.res
 def _is_hidden_out(name: str, t: torch.Tensor) -> bool:
     """Whether dim 0 of a state-dict entry indexes hidden channels (not the input
     BatchNorms, the diameters or the 3 output maps)."""
-    return not (t.ndim == 0 or name.startswith("diam_") or name.startswith(_INPUT_BN)
-                or name.startswith("output.2."))
+    return not (t.ndim == 0 or name.startswith(("diam_", "output.2.", *_INPUT_BN)))
 
 
 def _is_hidden_in(name: str, t: torch.Tensor) -> bool:
@@ -62,8 +61,8 @@ def _widen_tensor(name: str, t: torch.Tensor, factor: int) -> torch.Tensor:
     return out.contiguous()
 
 
-def widen_model(model: "flowseg.Model", width: int, *, noise: float = 0.01,
-                seed: int = 0) -> "flowseg.Model":
+def widen_model(model: flowseg.Model, width: int, *, noise: float = 0.01,
+                seed: int = 0) -> flowseg.Model:
     """A copy of ``model`` with base width ``width`` (a multiple of its own) and the same
     outputs before training.
 
@@ -105,8 +104,8 @@ def widen_model(model: "flowseg.Model", width: int, *, noise: float = 0.01,
     return flowseg.Model.from_state_dict(wide, meta)
 
 
-def refresh_copies(model: "flowseg.Model", *, factor: int = 2, scale: float = 0.1,
-                   seed: int = 0) -> "flowseg.Model":
+def refresh_copies(model: flowseg.Model, *, factor: int = 2, scale: float = 0.1,
+                   seed: int = 0) -> flowseg.Model:
     """Fold the channel copies of a Net2Net-widened model and re-initialise the spares.
 
     Hidden channel ``j`` and its copies ``j + k w`` (``w`` = width / ``factor``) become one
@@ -166,12 +165,12 @@ def refresh_copies(model: "flowseg.Model", *, factor: int = 2, scale: float = 0.
     return flowseg.Model.from_state_dict(out, meta)
 
 
-def copy_similarity(model: "flowseg.Model", factor: int = 2) -> float:
+def copy_similarity(model: flowseg.Model, factor: int = 2) -> float:
     """Mean cosine similarity between each hidden channel's incoming 3x3 convolution weights
     and those of its Net2Net copy (channel ``j`` and ``j + w``): about 1 while the copies
     are still copies, about 0 for independent channels."""
     sims = []
-    for name, t in model.net.state_dict().items():
+    for t in model.net.state_dict().values():
         if t.ndim == 4 and t.shape[-1] == 3 and t.shape[0] % factor == 0:
             parts = t.float().flatten(1).split(t.shape[0] // factor, dim=0)
             for p in parts[1:]:

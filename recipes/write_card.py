@@ -27,18 +27,19 @@ from data import N_VAL, RECIPES, stage_configs, stored_as_half  # noqa: E402
 
 DATA = {
     "nuclei": (
-        "Nuclei from the 2018 Data Science Bowl (BBBC038v1, stage 1 train, community-corrected "
-        "masks): fluorescence, brightfield and stained tissue, used as one gray channel. "
-        "Licence CC0 1.0. Cite: Caicedo et al., Nature Methods 16, 1247-1253 (2019).",
+        ("Nuclei from the 2018 Data Science Bowl (BBBC038v1, stage 1 train, community-corrected "
+         "masks): fluorescence, brightfield and stained tissue, used as one gray channel. "
+         "Licence CC0 1.0. Cite: Caicedo et al., Nature Methods 16, 1247-1253 (2019)."),
         ["dsb2018"],
     ),
     "cyto": (
-        "Whole cells in phase-contrast microscopy (Usiigaci: NIH/3T3 and T98G, 10x, hand-annotated; "
-        "MIT licence, (c) 2018 Okinawa Institute of Science and Technology; cite Tsai et al., "
-        "SoftwareX 9, 230-237 (2019)), repeated 4x per epoch; one in four of the Data Science Bowl "
-        "nuclei images (CC0 1.0; Caicedo et al., Nature Methods 16, 1247-1253 (2019)); 40 images "
-        "rendered by `flowseg.engine.data.synthetic` (fluorescent and phase-contrast-like cytoplasm "
-        "with a nuclear channel). Input: cytoplasm + optional nuclear channel (zeros if absent).",
+        ("Whole cells in phase-contrast microscopy (Usiigaci: NIH/3T3 and T98G, 10x, "
+         "hand-annotated; MIT licence, (c) 2018 Okinawa Institute of Science and Technology; "
+         "cite Tsai et al., SoftwareX 9, 230-237 (2019)), repeated 4x per epoch; one in four of "
+         "the Data Science Bowl nuclei images (CC0 1.0; Caicedo et al., Nature Methods 16, "
+         "1247-1253 (2019)); 40 images rendered by `flowseg.engine.data.synthetic` (fluorescent "
+         "and phase-contrast-like cytoplasm with a nuclear channel). Input: cytoplasm + "
+         "optional nuclear channel (zeros if absent)."),
         ["usiigaci"],
     ),
 }
@@ -70,7 +71,8 @@ def _stages_text(name: str, recs: list[dict]) -> str:
     for k, (st, rec) in enumerate(zip(stage_configs(name), recs), 1):
         total += rec.get("seconds", 0.0)
         c = rec.get("config", {})
-        hist = ", ".join(f"{e}: {a}" for e, a in zip(rec.get("val_epoch", []), rec.get("val_ap", [])))
+        hist = ", ".join(f"{e}: {a}"
+                         for e, a in zip(rec.get("val_epoch", []), rec.get("val_ap", [])))
         start = "from random weights" if k == 1 else f"from the stage-{k - 1} model"
         if st.get("widen"):
             start += (f" grown to base width {st['width']}, each channel copied "
@@ -82,7 +84,8 @@ def _stages_text(name: str, recs: list[dict]) -> str:
             f"{c.get('optimizer', st.get('optimizer', 'sgd')).upper()} "
             f"momentum {c.get('momentum', 0.9)}, learning rate {st['learning_rate']} "
             f"({c.get('warmup', '?')} warm-up epochs, final decay), weight decay "
-            f"{c.get('weight_decay', '?')}, {st['epochs']} epochs (done: {rec.get('epochs_done', '?')}), "
+            f"{c.get('weight_decay', '?')}, {st['epochs']} epochs "
+            f"(done: {rec.get('epochs_done', '?')}), "
             f"{rec.get('seconds', 0) / 60:.0f} min"
             + (f", stained and brightfield images drawn {st['oversample']}x as often"
                if st.get("oversample", 1) > 1 else "")
@@ -95,7 +98,7 @@ def _stages_text(name: str, recs: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _width_text(name: str, model: "flowseg.Model") -> str:
+def _width_text(name: str, model: flowseg.Model) -> str:
     """Why the network has its width."""
     width = int(model.meta["nbase"][1])
     stages = stage_configs(name)

@@ -2,8 +2,9 @@
 
 Default: compute each bundled model's ``meta["style"]`` from the images it trained on
 (``recipes/data.py``: the same lists, repeats included, read from ``../shared/data``) with
-:func:`flowseg.engine.inference.zoo.training_style`, and store it in ``src/flowseg/models/<name>.pt``
-without changing the weights (checked: every tensor bitwise equal before and after)::
+:func:`flowseg.engine.inference.zoo.training_style`, and store it in
+``src/flowseg/models/<name>.pt`` without changing the weights (checked: every tensor bitwise
+equal before and after)::
 
     python recipes/zoo_centroids.py                 # both bundled models
     python recipes/zoo_centroids.py --dry-run       # compute and print, write nothing

@@ -14,7 +14,8 @@ import os
 
 import pytest
 
-os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "flowseg-numba"))
+os.environ.setdefault("NUMBA_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "flowseg-numba"))
 
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("napari") is None or importlib.util.find_spec("qtpy") is None:

@@ -53,7 +53,8 @@ def test_segment_sample_and_errors(tmp_path, model_file, capsys):
     assert main(["segment", "--sample", "--model", "no_such_model"]) == 2
     assert "no bundled model" in capsys.readouterr().err
     img = tmp_path / "x.tif"
-    tifffile.imwrite(img, np.zeros((20, 20, 3), np.uint8) + np.arange(20, dtype=np.uint8)[:, None, None])
+    tifffile.imwrite(img, np.zeros((20, 20, 3), np.uint8)
+                     + np.arange(20, dtype=np.uint8)[:, None, None])
     assert main(["segment", str(img), "--model", model_file, "--channels", "0", "7"]) == 2
     assert "channel 7" in capsys.readouterr().err
 

@@ -50,7 +50,8 @@ def test_train_then_eval(folder, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "3 image(s)" in text and "AP@0.5 =" in text and "AP@0.9 =" in text
-    rows = list(csv.DictReader(open(tmp_path / "ap.csv")))
+    with open(tmp_path / "ap.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["image"] for r in rows] == ["img0.tif", "img1.tif", "img2.tif"]
     # the reported AP is the AP of the model's masks, image by image, and their mean
     model = Model.load(out)

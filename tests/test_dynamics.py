@@ -218,9 +218,8 @@ def test_same_masks_as_cellpose3(tmp_path, peer_python):
 
 
 def test_warmup_in_background_runs_once_and_compiles():
-    from flowseg.engine.flows.dynamics import warmup_in_background
-
     from flowseg.engine.flows import dynamics_kernels as KD
+    from flowseg.engine.flows.dynamics import warmup_in_background
 
     th = warmup_in_background()
     assert warmup_in_background() is th  # once per process

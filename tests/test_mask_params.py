@@ -71,11 +71,11 @@ def test_cli_values_are_validated_with_the_parameter_named(capsys):
 
 
 @pytest.mark.parametrize("bad, word", [
-    (dict(flow_threshold=-0.1), "flow_threshold"), (dict(min_size=-2), "min_size"),
-    (dict(min_size=2.5), "min_size"), (dict(niter=0), "niter"),
-    (dict(stitch_threshold=2.0), "stitch_threshold"), (dict(sampling="fast"), "sampling"),
-    (dict(cellprob_threshold=float("nan")), "cellprob_threshold"),
-    (dict(cellprob_threshold="high"), "cellprob_threshold"),
+    ({"flow_threshold": -0.1}, "flow_threshold"), ({"min_size": -2}, "min_size"),
+    ({"min_size": 2.5}, "min_size"), ({"niter": 0}, "niter"),
+    ({"stitch_threshold": 2.0}, "stitch_threshold"), ({"sampling": "fast"}, "sampling"),
+    ({"cellprob_threshold": float("nan")}, "cellprob_threshold"),
+    ({"cellprob_threshold": "high"}, "cellprob_threshold"),
 ])
 def test_out_of_range_values_are_refused_by_name(bad, word):
     with pytest.raises(ValueError, match=word):

@@ -99,7 +99,8 @@ def test_bad_state_dicts_give_clear_errors(tmp_path):
     bad["extra.weight"] = torch.zeros(1)
     del bad["upsample.up.res_up_0.proj.1.bias"]
     torch.save(bad, tmp_path / "bad3")
-    with pytest.raises(ModelFileError, match=r"missing.*res_up_0\.proj\.1\.bias.*unexpected.*extra"):
+    with pytest.raises(ModelFileError,
+                       match=r"missing.*res_up_0\.proj\.1\.bias.*unexpected.*extra"):
         Model.load(tmp_path / "bad3")
     torch.save({"foo": torch.zeros(2)}, tmp_path / "foo.pt")
     with pytest.raises(ModelFileError, match="neither a flowseg model nor a Cellpose"):

@@ -64,7 +64,7 @@ def test_build_model_rejects_unknown_stage_before_reading_data(tmp_path, monkeyp
         build_model.main(["nuclei", "--stage", "x", "--runs", str(tmp_path),
                           "--data", str(tmp_path / "missing")])
     # stage 2 needs stage 1's model first (a two-stage recipe)
-    two = {**data.RECIPES["nuclei"], "stages": [dict(recipe="finetune", epochs=2)]}
+    two = {**data.RECIPES["nuclei"], "stages": [{"recipe": "finetune", "epochs": 2}]}
     monkeypatch.setitem(data.RECIPES, "nuclei", two)
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -265,9 +265,10 @@ def test_build_model_averages_a_stage_with_its_start(tmp_path, monkeypatch):
             "train_names": [f"s{k}" for k in range(4)], "val_images": imgs[4:],
             "val_labels": labs[4:]}
     monkeypatch.setattr(build_model, "load_training_set", lambda *a, **k: fake)
-    tiny = dict(recipe="from_scratch", epochs=2, learning_rate=0.05, batch_size=2, crop=32,
-                width=4, diam_mean=17.0, channels=None, n_per_epoch=4, val_every=1, seed=1,
-                half=True, stages=[dict(recipe="finetune", epochs=2, seed=2, average=0.5)])
+    tiny = {"recipe": "from_scratch", "epochs": 2, "learning_rate": 0.05, "batch_size": 2,
+            "crop": 32, "width": 4, "diam_mean": 17.0, "channels": None, "n_per_epoch": 4,
+            "val_every": 1, "seed": 1, "half": True,
+            "stages": [{"recipe": "finetune", "epochs": 2, "seed": 2, "average": 0.5}]}
     monkeypatch.setitem(data.RECIPES, "nuclei", tiny)
     out = tmp_path / "final.pt"
     assert build_model.main(["nuclei", "--runs", str(tmp_path), "--out", str(out)]) == 0

@@ -82,7 +82,7 @@ def test_model_record_and_save(scratch, tmp_path):
 def test_finetune_to_a_new_style(scratch):
     """3 images of elongated phase-contrast cells without nuclear channel: AP +0.3."""
     base = scratch[0].model
-    kw = dict(kind="phase", elongation=3.0, with_nuclei=False)
+    kw = {"kind": "phase", "elongation": 3.0, "with_nuclei": False}
     fi, fl, _ = _data(range(200, 203), **kw)
     vi, vl, vd = _data(range(300, 304), **kw)
     before = _ap(base, vi, vl, vd)
@@ -100,8 +100,8 @@ def _tiny(n=3, shape=(128, 128)):
 
 def test_resume_continues_exactly(tmp_path):
     ti, tl = _tiny()
-    kw = dict(recipe="finetune", epochs=4, crop=64, batch_size=4, n_per_epoch=4, seed=1,
-              checkpoint_every=0)
+    kw = {"recipe": "finetune", "epochs": 4, "crop": 64, "batch_size": 4, "n_per_epoch": 4,
+          "seed": 1, "checkpoint_every": 0}
     m0 = Model.new(width=8, seed=0)
     full = train(m0, ti, tl, checkpoint_path=tmp_path / "a.ckpt", **kw)
     done = {"n": 0}
@@ -148,8 +148,8 @@ def test_worker_processes_give_the_same_batches_and_weights(tmp_path):
     with pytest.raises(ValueError, match="workers"):
         BatchMaker(imgs, flows, fgs, [1.0, 1.0], 64, workers=-1)
 
-    kw = dict(recipe="finetune", epochs=3, crop=64, batch_size=4, n_per_epoch=8, seed=1,
-              checkpoint_every=0)
+    kw = {"recipe": "finetune", "epochs": 3, "crop": 64, "batch_size": 4, "n_per_epoch": 8,
+          "seed": 1, "checkpoint_every": 0}
     m0 = Model.new(width=8, seed=0)
     one = train(m0, ti, tl, checkpoint_path=tmp_path / "a.ckpt", workers=1, **kw)
     two = train(m0, ti, tl, checkpoint_path=tmp_path / "b.ckpt", workers=2, **kw)
@@ -193,7 +193,7 @@ def test_cancel_keeps_best_and_saves(tmp_path):
 
 def test_deterministic_with_seed():
     ti, tl = _tiny(2)
-    kw = dict(epochs=2, crop=64, batch_size=2, n_per_epoch=2, seed=3)
+    kw = {"epochs": 2, "crop": 64, "batch_size": 2, "n_per_epoch": 2, "seed": 3}
     a = train(Model.new(width=8, seed=0), ti, tl, **kw).history["loss"]
     b = train(Model.new(width=8, seed=0), ti, tl, **kw).history["loss"]
     assert a == b

@@ -15,8 +15,8 @@ __all__ = ["add_models_args", "register", "run_models"]
 
 def add_models_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``flowseg models`` (none yet besides ``--help``)."""
-    p.description = "List the bundled and user models that load by name (Model.load(name), " \
-                    "flowseg segment --model NAME), and the folders they are read from."
+    p.description = ("List the bundled and user models that load by name (Model.load(name), "
+                     "flowseg segment --model NAME), and the folders they are read from.")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

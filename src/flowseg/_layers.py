@@ -81,7 +81,8 @@ def spatial_placement(layer: Any, channel_axis: int | None) -> dict:
     return {"scale": tuple(scale), "translate": tuple(translate)}
 
 
-def flow_vectors(flows: np.ndarray, step: int, max_vectors: int = 40000) -> tuple[np.ndarray, np.ndarray]:
+def flow_vectors(flows: np.ndarray, step: int, max_vectors: int = 40000
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Subsample a flow field on a regular grid as napari Vectors data.
 
     Parameters
@@ -150,8 +151,8 @@ def output_layer_data(seg: Any, source: Any, placement: dict, params: dict) -> l
     vectors, colors = flow_vectors(flows, step)
     common = dict(placement)
     out = [
-        (masks, {**common, "name": f"{name} masks", "metadata": tag("masks", source, params=params)},
-         "labels"),
+        (masks, {**common, "name": f"{name} masks",
+                 "metadata": tag("masks", source, params=params)}, "labels"),
         (vectors, {**common, "name": f"{name} flows", "visible": False, "edge_color": colors,
                    "edge_width": 0.25 * step,
                    "vector_style": "arrow", "length": 1.0,

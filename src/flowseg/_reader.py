@@ -7,7 +7,8 @@ pickled code: a file that tries to is refused with an error naming the offending
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 

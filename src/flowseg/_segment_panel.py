@@ -14,6 +14,7 @@ and the user agrees.  Their labels are a lazy, zarr-backed layer without flows.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -334,8 +335,8 @@ class SegmentPanel(SegmentForm):
             n = int(np.count_nonzero(np.unique(np.asarray(now.masks.data))))
             text = f"{n} cells (thresholds updated{'; your corrections kept' * res.edited})"
             if now is not res:
-                text = f"{n} cells in the new layer {now.masks.name!r}; your corrected " \
-                       f"{res.masks.name!r} is unchanged"
+                text = (f"{n} cells in the new layer {now.masks.name!r}; your corrected "
+                        f"{res.masks.name!r} is unchanged")
                 self.viewer.layers.selection.active = now.masks
             self.recompute_job.set_text(text)
 
@@ -352,10 +353,8 @@ class SegmentPanel(SegmentForm):
         """Cancel every running job and drop the preview (the dock is closing)."""
         for job in self.jobs:  # no Qt calls: the widgets may be gone already
             job.cancel_event.set()
-        try:
+        with contextlib.suppress(RuntimeError):  # Qt objects already deleted
             self.preview_circle.hide()
-        except RuntimeError:  # Qt objects already deleted
-            pass
 
 
 def _chosen(name: str | None) -> str:

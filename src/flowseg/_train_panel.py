@@ -1,9 +1,10 @@
 """The training half of the Train tab: fine-tune on the whole training set within a time budget.
 
 *Train* starts from the model chosen in the Segment tab and trains on every pair of the set
-but the held-out one, for at most the time budget (:func:`flowseg.engine.training.train.train`).  The
-new model is saved to the user model folder and selected in the Segment tab; then the old
-and the new model segment the held-out image and their AP@0.5 on it is shown side by side.
+but the held-out one, for at most the time budget
+(:func:`flowseg.engine.training.train.train`).  The new model is saved to the user model
+folder and selected in the Segment tab; then the old and the new model segment the
+held-out image and their AP@0.5 on it is shown side by side.
 Progress reads in plain words ("Training 2/5 min, loss 0.31") under one bar, with a small
 loss plot; Cancel stops after the current batch and keeps the best weights so far.
 """

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from ._cli_models import register as _add_models
 from ._cli_segment import add_segment_args, run_segment

@@ -96,7 +96,8 @@ def test_run_outputs_and_threshold_recompute(make_napari_viewer, model_dir, samp
     outs = {_layers.role_of(ly): ly for ly in _layers.find_outputs(viewer.layers, img)}
     assert set(outs) == {"masks", "flows", "cellprob", "flow_rgb"}
     masks = outs["masks"]
-    assert isinstance(masks, napari.layers.Labels) and isinstance(outs["flows"], napari.layers.Vectors)
+    assert isinstance(masks, napari.layers.Labels)
+    assert isinstance(outs["flows"], napari.layers.Vectors)
     assert outs["flow_rgb"].rgb
     assert not any(outs[r].visible for r in ("flows", "cellprob", "flow_rgb"))  # hidden
     np.testing.assert_allclose(masks.scale, (0.5, 0.5))
@@ -229,7 +230,7 @@ def test_diameter_from_shapes_and_preview(make_napari_viewer, model_dir, sample,
     (ell,) = preview.data
     assert np.ptp(ell[:, 0]) == pytest.approx(20)
     assert viewer.layers.selection.active is img  # the preview does not take the focus
-    assert preview not in [v for v in w.controls.image.choices]
+    assert preview not in list(w.controls.image.choices)
     qtbot.waitUntil(lambda: not _previews(viewer), timeout=5000)  # gone after a moment
     assert w.diameter_from_shapes() is None and "no Shapes layer" in errors[-1]
     shapes = viewer.add_shapes([np.array([[0, 0], [0, 10], [10, 10], [10, 0]])] * 2,

@@ -14,8 +14,9 @@ Long-running engine functions accept two optional keyword arguments:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 
 class Cancelled(RuntimeError):

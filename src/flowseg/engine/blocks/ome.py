@@ -10,6 +10,7 @@ metadata under an ``"ome"`` attribute.  Labels are written in the image's own fo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,8 +231,6 @@ def remove_label(image_group: Any, ome: OmeImage, name: str) -> None:
         labels = image_group["labels"]
     except KeyError:
         return
-    try:
+    with contextlib.suppress(KeyError):
         del labels[name]
-    except KeyError:
-        pass
     _set_label_list(labels, ome, remove=name)

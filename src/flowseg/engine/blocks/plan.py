@@ -14,8 +14,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = [
-    "DEFAULT_BLOCK_SIZE","MIN_OVERLAP_DIAMETERS", "Block", "BlockPlan", "default_overlap", "make_plan"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "MIN_OVERLAP_DIAMETERS", "Block", "BlockPlan", "default_overlap",
+           "make_plan"]
 
 #: Default core block edge per number of spatial axes (2D: 1024 px; 3D: at most 256 voxels,
 #: less when one block task would need too much memory: run.default_block_size).

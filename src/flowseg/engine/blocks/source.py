@@ -310,8 +310,8 @@ def open_source(data: Any, *, channel_axis: int | None = None, z_axis: int | Non
         name = f"{kind} array"
     shape = tuple(int(s) for s in array.shape)
     dtype = np.dtype(array.dtype)
-    if not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype,
-                                                                                 np.complexfloating):
+    numeric = np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
+    if not numeric or np.issubdtype(dtype, np.complexfloating):
         raise ValueError(f"{name}: image must be real-valued numbers, got dtype {dtype}")
     fixed: list[int] = []
     if names is not None:

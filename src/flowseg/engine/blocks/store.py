@@ -2,8 +2,8 @@
 
 The output is an int32 zarr array chunked like the block cores, so every block writes its
 own chunks and no two writers share one.  Plain outputs use zarr format 2 (readable by
-zarr-python 2 and 3 and other zarr v2 readers); for an OME-Zarr input they become a ``labels/<name>``
-image of the input (:mod:`flowseg.engine.blocks.ome`).
+zarr-python 2 and 3 and other zarr v2 readers); for an OME-Zarr input they become a
+``labels/<name>`` image of the input (:mod:`flowseg.engine.blocks.ome`).
 
 The scratch array holds each block's padded labels (local ids) in its own chunk, so the
 merge step can compare two blocks where they overlap; it lives next to the output (on the

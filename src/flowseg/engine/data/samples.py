@@ -19,16 +19,17 @@ __all__ = ["SAMPLES", "load_sample", "sample_names"]
 SAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "nuclei": (
         "2D fluorescent nuclei (DAPI-like), 1 channel, ~17 px diameter",
-        dict(kind="nuclei", shape=(320, 320), seed=11, noise=1.2, blur=1.2),
+        {"kind": "nuclei", "shape": (320, 320), "seed": 11, "noise": 1.2, "blur": 1.2},
     ),
     "cells": (
         "2D fluorescent cytoplasm + nuclear channel, ~30 px diameter",
-        dict(kind="cells", shape=(384, 384), seed=12, with_nuclei=True, noise=1.0, blur=1.0),
+        {"kind": "cells", "shape": (384, 384), "seed": 12, "with_nuclei": True, "noise": 1.0,
+         "blur": 1.0},
     ),
     "cells3d": (
         "3D fluorescent cytoplasm + nuclear channel, 40x128x128, ~24 px diameter",
-        dict(kind="cells", shape=(40, 128, 128), seed=14, with_nuclei=True, diameter=24.0,
-             noise=1.0, blur=1.0),
+        {"kind": "cells", "shape": (40, 128, 128), "seed": 14, "with_nuclei": True,
+         "diameter": 24.0, "noise": 1.0, "blur": 1.0},
     ),
 }
 

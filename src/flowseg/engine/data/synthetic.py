@@ -13,8 +13,9 @@ instead of committed images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -149,7 +150,8 @@ def make_labels(
             coef2 = irregularity * rng.standard_normal(2)
             phase2 = rng.uniform(0, 2 * np.pi, 2)
             phi = np.arccos(np.clip(d[..., 2] / np.maximum(rho, 1e-6), -1, 1))
-            rr = rr + coef2[0] * np.cos(2 * phi + phase2[0]) + coef2[1] * np.cos(3 * phi + phase2[1])
+            rr = (rr + coef2[0] * np.cos(2 * phi + phase2[0])
+                  + coef2[1] * np.cos(3 * phi + phase2[1]))
         score = (rho / np.maximum(rr, 0.3)).astype(np.float32)
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         sub_best = best[sl]

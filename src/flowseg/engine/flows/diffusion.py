@@ -17,8 +17,9 @@ For every object, on its bounding box padded by one pixel:
 
 The work is done per object on its box, in parallel over objects (threads), so the
 cost scales with the objects' area, not the image area.  The heat is float32, or float64
-for thin elongated objects whose float32 heat would underflow far from the centre.  3D labels use a true 3D diffusion
-(the reference CPU path instead sums 2D flows of the three slice orientations).
+for thin elongated objects whose float32 heat would underflow far from the centre.  3D labels
+use a true 3D diffusion (the reference CPU path instead sums 2D flows of the three slice
+orientations).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def parallel_ranges(kernel, n: int, *args, args_after: tuple = (), chunks_per_th
     if nt == 1 or n < 2:
         return [kernel(*args, 0, n, *args_after)]
     key = (nt, os.getpid())  # a forked child (e.g. a DataLoader worker) needs its own pool
-    if _POOL is None or _POOL_KEY != key:
+    if _POOL is None or key != _POOL_KEY:
         _POOL = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="flowseg")
         _POOL_KEY = key
     nch = min(n, nt * chunks_per_thread)

@@ -108,7 +108,7 @@ def _object_2d(lab, lid, y0, x0, y1, x1, niter_fixed, use_mean, c9, skip_thin, o
                 d = (i - my) ** 2 + (j - mx) ** 2
                 if d < best:
                     best, cy, cx = d, i, j
-    if skip_thin and (H + W - 4) ** 2 > _F64_ASPECT * n:
+    if skip_thin and _F64_ASPECT * n < (H + W - 4) ** 2:
         return False
     niter = niter_fixed if niter_fixed > 0 else 2 * (H + W)
     T = np.full((H, W), c9)
@@ -165,7 +165,7 @@ def _object_3d(lab, lid, z0, y0, x0, z1, y1, x1, niter_fixed, use_mean, c27, ski
                     d = (a - mz) ** 2 + (i - my) ** 2 + (j - mx) ** 2
                     if d < best:
                         best, cz, cy, cx = d, a, i, j
-    if skip_thin and (D + H + W - 6) ** 2 > _F64_ASPECT_3D * n ** (2.0 / 3.0):
+    if skip_thin and _F64_ASPECT_3D * n ** (2.0 / 3.0) < (D + H + W - 6) ** 2:
         return False
     niter = niter_fixed if niter_fixed > 0 else 2 * (D + H + W)
     T = np.full((D, H, W), c27)

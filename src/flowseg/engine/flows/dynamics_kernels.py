@@ -229,14 +229,17 @@ def follow_3d(fl, D, H, W, pz, py, px, start, stop, niter, tol, cp=False):
             work += na * S
             for _ in range(S - 2):
                 for k in range(na):
-                    lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp, kz, ky, kx, gain)
+                    lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp,
+                                                     kz, ky, kx, gain)
             if S >= 2:
                 for k in range(na):
                     bz[k], by[k], bx[k] = lz[k], ly[k], lx[k]
-                    lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp, kz, ky, kx, gain)
+                    lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp,
+                                                     kz, ky, kx, gain)
             for k in range(na):
                 az[k], ay[k], ax[k] = lz[k], ly[k], lx[k]
-                lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp, kz, ky, kx, gain)
+                lz[k], ly[k], lx[k] = _step3_any(fl, D, H, W, lz[k], ly[k], lx[k], cp,
+                                                 kz, ky, kx, gain)
             t += S
             if S < 2 or t >= niter:
                 break

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -44,8 +44,8 @@ def compute_masks(flows: np.ndarray, cellprob: np.ndarray, params: MaskParams = 
     if not isinstance(params, MaskParams):
         raise TypeError(f"params must be a MaskParams, got {type(params).__name__}")
     stitch_threshold, min_size = params.stitch_threshold, params.min_size
-    kw = dict(cellprob_threshold=params.cellprob_threshold,
-              flow_threshold=params.flow_threshold, min_size=min_size, niter=params.niter)
+    kw: dict[str, Any] = {"cellprob_threshold": params.cellprob_threshold,
+              "flow_threshold": params.flow_threshold, "min_size": min_size, "niter": params.niter}
     if flows.shape[0] == cellprob.ndim:
         report(progress, "dynamics", 0, 1, "computing masks")
         masks = np.asarray(flows_to_masks(flows, cellprob, sampling=params.sampling, **kw),

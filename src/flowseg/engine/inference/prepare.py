@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def default_niter(diameter: float, diam_mean: float) -> int:
     return max(20, int(round(200.0 * diameter / diam_mean)))
 
 
-def spatial_ndim(image: np.ndarray, channel_axis: Optional[int], z_axis: Optional[int],
+def spatial_ndim(image: Any, channel_axis: Optional[int], z_axis: Optional[int],
                   do_3d: bool, stitch_threshold: float) -> int:
     """Spatial axes (2 or 3) of an image with these settings, as ``segment`` decides them.
 
@@ -86,7 +87,7 @@ def normalize_arg(normalize: Normalize, model: ModelBase) -> Optional[tuple[floa
     if normalize is False or normalize is None:
         return None
     try:
-        lo, hi = (float(v) for v in normalize)  # type: ignore[union-attr]
+        lo, hi = (float(v) for v in normalize)
     except (TypeError, ValueError):
         raise ValueError(f"normalize must be True, False or (lo, hi) percentiles, "
                          f"got {normalize!r}") from None

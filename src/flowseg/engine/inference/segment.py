@@ -2,22 +2,24 @@
 
 The pipeline follows the Cellpose method:
 
-1. pick the cytoplasm (+ nucleus) channels (:func:`~flowseg.engine.inference.transforms.prepare_channels`)
-   and normalise each channel to its 1st..99th percentiles (over the whole volume for 3D);
+1. pick the cytoplasm (+ nucleus) channels
+   (:func:`~flowseg.engine.inference.transforms.prepare_channels`) and normalise each
+   channel to its 1st..99th percentiles (over the whole volume for 3D);
 2. resize by ``diam_mean / diameter`` so objects have the size the network was trained for;
 3. run the network in overlapping, taper-blended tiles (:mod:`flowseg.engine.network.tiling`);
 4. resize the outputs back to the image, divide the flow maps by 5 (the network predicts 5x
    unit flows) and follow the flows to masks (:func:`flowseg.engine.flows.dynamics.flows_to_masks`),
    with ``niter = 200 * diameter / diam_mean`` Euler steps unless ``niter`` is given.
 
-3D volumes go through :mod:`flowseg.engine.inference.volume`; a stack with ``do_3d=False`` is segmented
-slice by slice and, with ``stitch_threshold > 0``, stitched across z.
+3D volumes go through :mod:`flowseg.engine.inference.volume`; a stack with ``do_3d=False`` is
+segmented slice by slice and, with ``stitch_threshold > 0``, stitched across z.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -90,7 +92,8 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
     image : np.ndarray
         2D ``(Y, X)``, 2D with channels ``(Y, X, C)`` / ``(C, Y, X)``, or 3D ``(Z, Y, X[, C])``.
     channels : (int, int or None), optional
-        0-based ``(cyto, nucleus)`` channel indices (see :mod:`flowseg.engine.inference.transforms`).
+        0-based ``(cyto, nucleus)`` channel indices (see
+        :mod:`flowseg.engine.inference.transforms`).
     channel_axis, z_axis : int, optional
         Axes of channels / z (auto-detected when None).
     diameter : float, optional
@@ -160,9 +163,9 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
         mask = mask.replace(niter=default_niter(diameter, model.diam_mean))
     params: dict[str, Any] = dict(mask.as_dict(), diameter_source=source,
                                   do_3d=bool(do_3d and sdim == 3), rescale=rescale)
-    opts = dict(bsize=bsize, tile_overlap=tile_overlap, batch_size=batch_size, augment=augment,
-                whole_max=int(whole_max), pad_extra=int(pad_extra), progress=progress,
-                cancel=cancel)
+    opts: dict[str, Any] = {"bsize": bsize, "tile_overlap": tile_overlap, "batch_size": batch_size,
+            "augment": augment, "whole_max": int(whole_max), "pad_extra": int(pad_extra),
+            "progress": progress, "cancel": cancel}
     if sdim == 3 and do_3d:
         flows, cellprob, styles = run_3d(model, x, rescale, anisotropy=anisotropy, **opts)
         del x  # free the normalised volume before the 3D dynamics

@@ -17,7 +17,8 @@ Cellpose's own 1-based convention ``[chan, chan2]`` (0 = grayscale, 1 = red, 2 =
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -212,7 +213,8 @@ def to_channels_last(image: np.ndarray, spatial_ndim: int, channel_axis: Optiona
     return np.transpose(x, rest + [channel_axis])
 
 
-def from_cellpose_channels(channels: Sequence[int], nchannels: int) -> tuple[Optional[int], Optional[int]]:
+def from_cellpose_channels(channels: Sequence[int], nchannels: int
+                           ) -> tuple[Optional[int], Optional[int]]:
     """Convert Cellpose ``[chan, chan2]`` (1-based, 0 = grayscale/none) to our 0-based pair.
 
     Returns ``(cyto, nucleus)`` where ``cyto=None`` means "mean of all channels".

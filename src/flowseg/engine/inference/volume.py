@@ -13,7 +13,7 @@ worth of tiles is alive at any time.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ def resize_volume(v: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     with torch.inference_mode():
         for k in range(v.shape[0]):
             t = torch.from_numpy(np.ascontiguousarray(v[k], dtype=np.float32))[None, None]
-            out[k] = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+            r = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
+            out[k] = r[0, 0].numpy()
     return out
 
 
@@ -90,8 +91,8 @@ def run_3d(model: ModelBase, x: np.ndarray, rescale: float, *, anisotropy: Optio
     total = Zr + Yr + Xr
     done = 0
     style_sum: Optional[np.ndarray] = None
-    opts = dict(bsize=bsize, tile_overlap=tile_overlap, batch_size=batch_size, augment=augment,
-                whole_max=whole_max, pad_extra=pad_extra, cancel=cancel)
+    opts: dict[str, Any] = {"bsize": bsize, "tile_overlap": tile_overlap, "batch_size": batch_size,
+            "augment": augment, "whole_max": whole_max, "pad_extra": pad_extra, "cancel": cancel}
     # pass 0: YX planes (index z) -> (n, 3, Y, X): dY, dX, p
     for a in range(0, Zr, slab):
         check_cancel(cancel)
@@ -128,5 +129,6 @@ def run_3d(model: ModelBase, x: np.ndarray, rescale: float, *, anisotropy: Optio
     acc[3] *= np.float32(1.0 / 3.0)
     if (Zr, Yr, Xr) != (Z, Y, X):
         acc = resize_volume(acc, (Z, Y, X))
+    assert style_sum is not None  # Zr >= 1: at least one YX slab ran
     styles = style_sum / max(float(np.sqrt((style_sum ** 2).sum())), 1e-12)
     return acc[:3], acc[3], styles.astype(np.float32)

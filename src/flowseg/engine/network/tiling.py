@@ -41,7 +41,7 @@ def tile_starts(L: int, bsize: int, overlap: float, augment: bool = False) -> np
         n = max(2, int(np.ceil(2.0 * L / bsize)))
         return np.linspace(0, max(L - bsize, 0), n).astype(int)
     overlap = min(0.5, max(0.05, float(overlap)))
-    n = 1 if L <= bsize else int(np.ceil((1.0 + 2 * overlap) * L / bsize))
+    n = 1 if bsize >= L else int(np.ceil((1.0 + 2 * overlap) * L / bsize))
     return np.linspace(0, L - min(bsize, L), n).astype(int)
 
 
@@ -84,7 +84,7 @@ class _Affine(nn.Module):
         return torch.addcmul(self.shift, x, self.scale)
 
 
-_FAST: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FAST: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def _weights_key(net: nn.Module) -> tuple:
@@ -184,7 +184,8 @@ def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
         bsize = max(Hp, Wp)
     if augment:
         Hp, Wp = max(Hp, bsize), max(Wp, bsize)
-    ys, xs = tile_starts(Hp, bsize, tile_overlap, augment), tile_starts(Wp, bsize, tile_overlap, augment)
+    ys = tile_starts(Hp, bsize, tile_overlap, augment)
+    xs = tile_starts(Wp, bsize, tile_overlap, augment)
     ly, lx = min(bsize, Hp), min(bsize, Wp)
     mask = taper_mask(ly, lx)
     # large (whole-image) tiles: fewer per batch, so a batch never holds more pixels than

@@ -14,7 +14,7 @@ Cellpose state dict loads as-is.  The architecture:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -48,7 +48,8 @@ def _write_masks(labels: np.ndarray, folder: Path, prefix: str) -> None:
 
 def _write_table(table: np.ndarray, path: Path) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(" ".join(str(int(v)) for v in row) + "\n" for row in np.asarray(table, np.int64))
+        fh.writelines(" ".join(str(int(v)) for v in row) + "\n"
+                      for row in np.asarray(table, np.int64))
 
 
 def _prepare_dir(path: str | os.PathLike, overwrite: bool, pattern: str) -> Path:

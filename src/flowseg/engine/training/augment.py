@@ -15,8 +15,8 @@ so large images stored as float16 stay cheap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -108,7 +109,7 @@ class BatchMaker:
             self._pool = None
             _SHARED = None
 
-    def __enter__(self) -> "BatchMaker":
+    def __enter__(self) -> BatchMaker:
         return self
 
     def __exit__(self, *exc) -> None:

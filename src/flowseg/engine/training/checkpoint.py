@@ -89,7 +89,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, or unsafe content
+    except Exception as exc:  # noqa: BLE001 - not a torch file, or unsafe content
         raise ValueError(f"{path} is not a flowseg training checkpoint ({exc})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a flowseg training checkpoint")

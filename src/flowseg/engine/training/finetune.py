@@ -1,4 +1,5 @@
-"""Scoring, time reservation and the plain-words outcome of :func:`flowseg.engine.training.train.train`.
+"""Scoring, time reservation and the plain-words outcome of a fine-tune
+(:func:`flowseg.engine.training.train.train`).
 
 * :func:`make_scorer`: how candidates are compared -- validation images when given, else
   (for a fine-tune from a trained model) the quick check on windows of the training images

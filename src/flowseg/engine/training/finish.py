@@ -9,8 +9,8 @@ Metadata written here (besides ``meta["training"]``, the record of the run):
     natural default diameter for images like the training images, for the GUI and CLI.
 ``size_model``
     A fine-tune from a model with a size model keeps its regression and re-fits only the
-    offset (:func:`flowseg.engine.inference.size.calibrate_size_model`); a model trained from scratch
-    (or fine-tuned from one without a size model on at least 16 images) gets a new
+    offset (:func:`flowseg.engine.inference.size.calibrate_size_model`); a model trained from
+    scratch (or fine-tuned from one without a size model on at least 16 images) gets a new
     regression (:func:`fit_size`); a fine-tune on fewer images of a model without one gets
     none (sizes are then estimated by segmenting at ``diam_mean``).
 ``style``
@@ -133,8 +133,9 @@ def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: d
     improved, note : bool, str
         The outcome of a checked fine-tune (:func:`flowseg.engine.training.finetune.outcome`).
     images : sequence of np.ndarray, optional
-        The raw training images: their style centroid (:func:`flowseg.engine.inference.zoo.training_style`)
-        replaces the start model's ``meta["style"]``, for ``--model auto``.
+        The raw training images: their style centroid
+        (:func:`flowseg.engine.inference.zoo.training_style`) replaces the start model's
+        ``meta["style"]``, for ``--model auto``.
     """
     d = samples.diameters
     diam_labels = float(np.mean(d[d > 0])) if np.any(d > 0) else float(model.diam_mean)
@@ -149,7 +150,7 @@ def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: d
     record = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "start": None if start is None else str(start),
-        "config": {k: v for k, v in cfg.items()},
+        "config": dict(cfg.items()),
         "images": list(dict.fromkeys(n.split("[")[0] for n in samples.names)),
         "n_samples": len(samples),
         "epochs_done": int(epochs_done),

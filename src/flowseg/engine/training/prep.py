@@ -12,8 +12,9 @@ XY slices and, optionally, XZ / YZ slices resampled by the anisotropy.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi

@@ -12,8 +12,8 @@ Recipes
     model: a time budget (:data:`DEFAULT_TIME_BUDGET` seconds for the whole call) instead of
     a number of epochs, AdamW with learning rate 0.001 and weight decay 1e-4, 128-pixel
     crops, batch 8; per-step warm-up (10 steps, at most a third of the run) and a half-cosine
-    decay over the last 40 % of the time (:func:`flowseg.engine.training.budget.step_lr`); each epoch
-    draws at least 16 crops (two batches) however few the images.  With ``epochs=`` it runs
+    decay over the last 40 % of the time (:func:`flowseg.engine.training.budget.step_lr`); each
+    epoch draws at least 16 crops (two batches) however few the images.  With ``epochs=`` it runs
     100 epochs by default, with the per-epoch schedule of ``from_scratch`` and a 5-epoch
     warm-up (per step for runs too short for it).  The choice of these settings, measured on
     real images of new modalities, is in ``docs/training.md`` ("Fast fine-tuning").  The
