@@ -13,6 +13,7 @@ from flowseg import _layers
 from flowseg._widget import SegmentWidget
 from flowseg.engine.data.synthetic import make_sample
 from flowseg.engine.flows.masks import compute_masks
+from flowseg.engine.flows.params import MaskParams
 from flowseg.engine.inference.result import Segmentation
 from flowseg.engine.progress import check_cancel, report
 
@@ -45,9 +46,10 @@ class OracleModel:
             check_cancel(cancel)
             time.sleep(self.delay)
             report(progress, "tiles", i + 1, self.steps)
-        params = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold,
-                      "min_size": min_size}
-        masks = compute_masks(self.flows, self.cellprob, **params)
+        mask = MaskParams(cellprob_threshold=cellprob_threshold,
+                          flow_threshold=flow_threshold, min_size=min_size)
+        params = mask.as_dict()
+        masks = compute_masks(self.flows, self.cellprob, mask)
         return Segmentation(masks, self.flows, self.cellprob, np.zeros(256, np.float32),
                             float(diameter or 16.0), params)
 
