@@ -10,10 +10,13 @@ a call is then segmented with :func:`flowseg.segment_blocks`:
 * any other input gets ``<name>_masks.zarr`` next to it, in the ``--out`` folder, or at
   ``--out`` itself when that ends in ``.zarr`` (one input only).
 
-Otherwise the call stays in memory, after :func:`check_memory`: when the predicted peak
-memory of an image (:func:`flowseg.engine.memory.estimate_segment_memory`) exceeds the
-memory free now, the call stops before any work with a message proposing ``--block-size``
-(``--no-memory-check`` runs anyway).
+Otherwise the call stays in memory; before each image :func:`check_memory` compares its
+predicted peak memory (:func:`flowseg.engine.memory.estimate_segment_memory`) with the
+memory free now, and an image that does not fit fails (the run goes on with the next one)
+with a message proposing ``--block-size`` (``--no-memory-check`` runs anyway).
+
+Every input is a step of a :class:`~flowseg._cli_batch.Batch`: a bad one is reported on
+one line and skipped.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._cli_batch import Batch, Input, expand_inputs
 from ._cli_common import (
     ProgressBars,
-    collect_images,
     load_model,
     mask_params,
     parse_channels,
@@ -78,27 +81,31 @@ class BlockJob:
     label: str
     data: Any
     out: Any
+    error: str | None = None
 
 
 def _is_big_tiff(path: Path) -> bool:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        return math.prod(tif.series[0].shape) > TIFF_BLOCKWISE_ELEMENTS
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return math.prod(tif.series[0].shape) > TIFF_BLOCKWISE_ELEMENTS
+    except Exception:  # noqa: BLE001 - an unreadable file fails at its turn, not here
+        return False
 
 
-def _expand(paths: list[str]) -> list[tuple[Path, bool]]:
-    """``(path, is_zarr)`` for every input; folders that are not zarr are scanned."""
+def expand(paths: list[str]) -> list[Input]:
+    """The inputs of ``flowseg segment`` (:func:`~flowseg._cli_batch.expand_inputs`; zarr
+    folders are inputs themselves)."""
     from .engine.blocks.source import is_zarr_path
 
-    out: list[tuple[Path, bool]] = []
-    for s in paths:
-        p = Path(s).expanduser()
-        if is_zarr_path(p):
-            out.append((p, True))
-        else:
-            out += [(f, False) for f in collect_images([s])]
-    return out
+    return expand_inputs(paths, keep_dirs=is_zarr_path)
+
+
+def _is_zarr(inp: Input) -> bool:
+    from .engine.blocks.source import is_zarr_path
+
+    return inp.path is not None and is_zarr_path(inp.path)
 
 
 def _out_for(src: Path, is_zarr: bool, out: str | None, n_inputs: int) -> Any:
@@ -122,15 +129,17 @@ def _out_for(src: Path, is_zarr: bool, out: str | None, n_inputs: int) -> Any:
     return folder / f"{stem}_masks.zarr"
 
 
-def blockwise_jobs(args: argparse.Namespace) -> list[BlockJob]:
-    """The blockwise jobs of a ``flowseg segment`` call ([] when it is not blockwise)."""
+def blockwise_jobs(args: argparse.Namespace, inputs: list[Input] | None = None
+                   ) -> list[BlockJob]:
+    """The blockwise jobs of a ``flowseg segment`` call ([] when it is not blockwise);
+    ``inputs``: the call's :func:`expand`-ed paths (default: expanded here)."""
     forced = getattr(args, "block_size", None) is not None
-    inputs = _expand(list(args.paths)) if args.paths else []
-    big = forced or any(z or (p.suffix.lower() in (".tif", ".tiff") and _is_big_tiff(p))
-                        for p, z in inputs)
+    if inputs is None:
+        inputs = expand(list(args.paths)) if args.paths else []
+    big = forced or any(_is_zarr(i) or (i.path is not None and i.path.suffix.lower() in
+                                        (".tif", ".tiff") and _is_big_tiff(i.path))
+                        for i in inputs)
     if not big:
-        if not getattr(args, "no_memory_check", False):
-            check_memory(args, [p for p, _ in inputs])
         return []
     if args.save_flows:
         raise ValueError("--save-flows is not available for blockwise runs (zarr, OME-Zarr, "
@@ -145,8 +154,15 @@ def blockwise_jobs(args: argparse.Namespace) -> list[BlockJob]:
         out = args.out if args.out and args.out.endswith(".zarr") and n == 1 else \
             folder / f"sample_{args.sample}_masks.zarr"
         jobs.append(BlockJob(f"sample {args.sample!r}", (img, info), out))
-    for p, z in inputs:
-        jobs.append(BlockJob(str(p), p, _out_for(p, z, args.out, n)))
+    for inp in inputs:
+        if inp.error is not None:
+            jobs.append(BlockJob(inp.label, None, None, inp.error))
+            continue
+        try:
+            out = _out_for(inp.path, _is_zarr(inp), args.out, n)
+        except ValueError as exc:
+            raise ValueError(f"{inp.label}: {exc}") from None
+        jobs.append(BlockJob(inp.label, inp.path, out))
     return jobs
 
 
@@ -172,44 +188,38 @@ def image_shape(path: Path) -> tuple[int, ...] | None:
         return None
 
 
-def check_memory(args: argparse.Namespace, paths: list[Path]) -> None:
-    """Stop (ValueError) before an in-memory run whose predicted peak memory exceeds the
-    memory free now, proposing the blockwise path."""
+def check_memory(args: argparse.Namespace, path: Path, shape: tuple[int, ...] | None,
+                 model: Any = None) -> None:
+    """Refuse (InputError) an in-memory run of the image at ``path`` (of ``shape``) whose
+    predicted peak memory exceeds the memory free now, proposing the blockwise path.
+
+    ``model``: the model that will run (None: a Cellpose-style width-32 network at its
+    own diameter, e.g. before ``--model auto`` has chosen).
+    """
+    from .engine.errors import InputError
     from .engine.memory import estimate_segment_memory
 
-    # the model's diameter and width matter only when the diameter is given (else the
-    # model's own diameter is assumed, and the width of Cellpose-style networks)
-    model = load_model(args.model, args.device) if args.diameter and \
-        args.model != "auto" else None
-    for p in paths:
-        shape = image_shape(p)
-        if shape is None:
-            continue
-        try:
-            est = estimate_segment_memory(
-                model, shape, channel_axis=args.channel_axis, z_axis=args.z_axis,
-                do_3d=args.do_3d, stitch_threshold=args.stitch, diameter=args.diameter,
-                anisotropy=args.anisotropy, batch_size=args.batch_size, augment=args.augment)
-        except ValueError:  # axes the run refuses: it says why
-            continue
-        if not est.fits:
-            edge = 128 if est.spatial_ndim == 3 and args.do_3d else 1024
-            raise ValueError(
-                f"{p}: {est.message()}. Segment it block by block instead: add --block-size "
-                f"{edge} (labels go to {p.name.split('.')[0]}_masks.zarr; see docs/scale.md), "
-                "free some memory, or add --no-memory-check to try anyway")
-
-
-def _read_small(path: Path) -> Any:
-
-    return read_image(path)
+    if shape is None:
+        return
+    try:
+        est = estimate_segment_memory(
+            model, shape, channel_axis=args.channel_axis, z_axis=args.z_axis,
+            do_3d=args.do_3d, stitch_threshold=args.stitch, diameter=args.diameter,
+            anisotropy=args.anisotropy, batch_size=args.batch_size, augment=args.augment)
+    except ValueError:  # axes the run refuses: it says why
+        return
+    if not est.fits:
+        edge = 128 if est.spatial_ndim == 3 and args.do_3d else 1024
+        raise InputError(
+            f"{est.message()}. Segment it block by block instead: add --block-size {edge} "
+            f"(labels go to {path.name.split('.')[0]}_masks.zarr; see docs/scale.md), free "
+            "some memory, or add --no-memory-check to try anyway")
 
 
 def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> int:
-    """Segment every input blockwise; returns the exit code."""
-    from tqdm import tqdm
-
-    from .engine.blocks import ClusterOptions, segment_blocks
+    """Segment every input blockwise (a failing input is reported and skipped); returns
+    the exit code (see :meth:`~flowseg._cli_batch.Batch.finish`)."""
+    from .engine.blocks import ClusterOptions
 
     jobs = blockwise_jobs(args) if jobs is None else jobs
     if args.scheduler and (args.workers or args.memory_limit):
@@ -221,7 +231,6 @@ def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> 
         raise ValueError(f"--block-size must be >= 1, got {args.block_size}")
     cluster = ClusterOptions(address=args.scheduler, workers=args.workers,
                              memory_limit=args.memory_limit)
-    diameter = args.diameter if args.diameter and args.diameter > 0 else None
     if args.model == "auto":
         raise ValueError("--model auto chooses per whole image; for blockwise inputs name "
                          "the model (e.g. --model nuclei)")
@@ -230,35 +239,48 @@ def run_blocks(args: argparse.Namespace, jobs: list[BlockJob] | None = None) -> 
     if args.format != "tif":
         print("note: blockwise outputs are zarr arrays; --format is ignored", file=sys.stderr)
     bars = ProgressBars(not args.no_progress)
+    batch = Batch("segmented")
     for job in jobs:
-        data, info = job.data, None
-        kw: dict[str, Any] = {"channels": parse_channels(args.channels),
-                                  "channel_axis": args.channel_axis, "z_axis": args.z_axis}
-        if isinstance(data, tuple):  # a bundled sample
-            data, info = data
-            kw["channels"] = kw["channels"] or info["channels"]
-            kw["channel_axis"] = info["channel_axis"]
-            if info["ndim"] == 3 and kw["z_axis"] is None:
-                kw["z_axis"] = 0
-        elif isinstance(data, Path) and data.suffix.lower() not in (".tif", ".tiff") \
-                and not data.is_dir():
-            data = _read_small(data)
-        try:
-            res = segment_blocks(
-                data, model, block_size=args.block_size, overlap=args.overlap, diameter=diameter,
-                do_3d=args.do_3d, anisotropy=args.anisotropy, out=job.out,
-                overwrite=args.overwrite, cluster=cluster, skip_below=args.skip_below,
-                progress=bars, augment=args.augment, batch_size=args.batch_size,
-                **mask_params(args).as_dict(), **kw)
-        except (ValueError, FileExistsError, FileNotFoundError) as exc:
-            raise type(exc)(f"{job.label}: {exc}") from None
-        finally:
-            bars.close()
-        where = res.path if res.label_name is None else \
-            f"{res.path} (label image {res.label_name!r})"
-        tqdm.write(f"{job.label}: {res.n_objects} objects in {res.plan.n_blocks} blocks of "
-                   f"{'x'.join(map(str, res.plan.block_size))} ({res.n_skipped} skipped, "
-                   f"{res.n_merged} pieces joined across faces; diameter {res.diameter:.1f} px, "
-                   f"{res.diameter_source}; {res.seconds['total']:.1f} s, peak "
-                   f"{res.peak_rss_mb:.0f} MiB per worker) -> {where}", file=sys.stdout)
-    return 0
+        if job.error is not None:
+            batch.fail(job.label, job.error)
+            continue
+        batch.step(job.label, lambda job=job: _run_block_job(args, job, model, cluster, bars))
+    return batch.finish()
+
+
+def _run_block_job(args: argparse.Namespace, job: BlockJob, model: Any, cluster: Any,
+                   bars: ProgressBars) -> None:
+    """One blockwise input: segment it into its zarr output and say what came out."""
+    from tqdm import tqdm
+
+    from .engine.blocks import segment_blocks
+
+    data, info = job.data, None
+    kw: dict[str, Any] = {"channels": parse_channels(args.channels),
+                          "channel_axis": args.channel_axis, "z_axis": args.z_axis}
+    if isinstance(data, tuple):  # a bundled sample
+        data, info = data
+        kw["channels"] = kw["channels"] or info["channels"]
+        kw["channel_axis"] = info["channel_axis"]
+        if info["ndim"] == 3 and kw["z_axis"] is None:
+            kw["z_axis"] = 0
+    elif isinstance(data, Path) and data.suffix.lower() not in (".tif", ".tiff") \
+            and not data.is_dir():
+        data = read_image(data)
+    diameter = args.diameter if args.diameter and args.diameter > 0 else None
+    try:
+        res = segment_blocks(
+            data, model, block_size=args.block_size, overlap=args.overlap, diameter=diameter,
+            do_3d=args.do_3d, anisotropy=args.anisotropy, out=job.out,
+            overwrite=args.overwrite, cluster=cluster, skip_below=args.skip_below,
+            progress=bars, augment=args.augment, batch_size=args.batch_size,
+            **mask_params(args).as_dict(), **kw)
+    finally:
+        bars.close()
+    where = res.path if res.label_name is None else \
+        f"{res.path} (label image {res.label_name!r})"
+    tqdm.write(f"{job.label}: {res.n_objects} objects in {res.plan.n_blocks} blocks of "
+               f"{'x'.join(map(str, res.plan.block_size))} ({res.n_skipped} skipped, "
+               f"{res.n_merged} pieces joined across faces; diameter {res.diameter:.1f} px, "
+               f"{res.diameter_source}; {res.seconds['total']:.1f} s, peak "
+               f"{res.peak_rss_mb:.0f} MiB per worker) -> {where}", file=sys.stdout)

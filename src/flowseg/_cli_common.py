@@ -71,17 +71,12 @@ def collect_images(paths: list[str]) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read a TIFF, PNG/JPEG or ``.npy`` image (``.npy`` without pickles)."""
-    suf = path.suffix.lower()
-    if suf in (".tif", ".tiff"):
-        import tifffile
+    """Read a TIFF, PNG/JPEG or ``.npy`` image (``.npy`` without pickles); any reader
+    failure is one :class:`~flowseg.engine.errors.FileReadError` naming the file (see
+    :func:`flowseg.engine.io.images.read_image`)."""
+    from .engine.io.images import read_image as _read
 
-        return np.asarray(tifffile.imread(path))
-    if suf == ".npy":
-        return np.load(path, allow_pickle=False)
-    import skimage.io
-
-    return np.asarray(skimage.io.imread(path))
+    return _read(path)
 
 
 class ProgressBars:

@@ -1,25 +1,35 @@
 """``flowseg segment``: argument definitions and the work behind them.
 
 :mod:`flowseg.cli` calls :func:`add_segment_args` / :func:`run_segment`.  Images are read
-from files and folders (TIFF, PNG/JPEG, ``.npy``), segmented with one model, and masks are
-written as ``<name>_masks.tif`` (or ``.png`` / ``.npy``) next to each image or into ``--out``.
-Progress goes to tqdm through the engine's progress protocol.
+from files, folders and glob patterns (TIFF, PNG/JPEG, ``.npy``), segmented with one model
+(or ``--model auto``), and masks are written atomically as ``<name>_masks.tif`` (or ``.png``
+/ ``.npy``) next to each image or into ``--out``.  Each image is read and checked at its
+turn; one that fails is reported on one line and skipped, and the run ends with a summary
+(:mod:`flowseg._cli_batch`).  Progress goes to tqdm through the engine's progress protocol.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._cli_blocks import add_block_args, blockwise_jobs, run_blocks
+from ._cli_batch import Batch
+from ._cli_blocks import (
+    add_block_args,
+    blockwise_jobs,
+    check_memory,
+    expand,
+    image_shape,
+    run_blocks,
+)
 from ._cli_common import (
     ProgressBars,
     add_mask_args,
-    collect_images,
     load_model,
     mask_params,
     parse_channels,
@@ -30,7 +40,9 @@ from .engine.flows.params import MaskParams
 
 def add_segment_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``flowseg segment``."""
-    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="image files, folders or glob patterns ('imgs/*.tif'); a file that "
+                        "cannot be segmented is reported and skipped")
     p.add_argument("--sample", nargs="?", const="cells", default=None, metavar="NAME",
                    choices=["cells", "nuclei", "cells3d"],
                    help="segment a bundled sample image (default 'cells'; also 'nuclei', "
@@ -67,23 +79,22 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
 
 
 def write_masks(masks: np.ndarray, path: Path, fmt: str) -> Path:
-    """Write int labels as uint16 (or uint32 beyond 65535 objects)."""
-    m = masks.astype(np.uint16 if masks.max(initial=0) < 65536 else np.uint32)
-    out = path.with_suffix(f".{fmt}")
-    if fmt == "tif":
-        import tifffile
+    """Write int labels (uint16, or uint32 beyond 65535 objects) atomically: a crash or
+    Ctrl-C never leaves a half-written mask file (:func:`flowseg.engine.io.images.write_labels`)."""
+    from .engine.io.images import write_labels
 
-        tifffile.imwrite(out, m, compression="zlib")
-    elif fmt == "npy":
-        np.save(out, masks.astype(np.int32))
-    else:
-        if m.ndim != 2 or m.dtype != np.uint16:
-            raise ValueError(f"PNG masks must be 2D with < 65536 objects (got shape {m.shape}, "
-                             f"{int(masks.max())} objects): use --format tif")
-        import skimage.io
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_labels(path, masks, fmt)
 
-        skimage.io.imsave(out, m, check_contrast=False)
-    return out
+
+def _write_flows(seg: Any, path: Path) -> None:
+    import tifffile
+
+    from .engine.io.images import atomic_path
+
+    stack = np.concatenate([seg.flows, seg.cellprob[None]], 0).astype(np.float32)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, stack, compression="zlib")
 
 
 class _ModelChoice:
@@ -119,23 +130,25 @@ class _ModelChoice:
         return self.loaded[name], f"model {name!r} (auto; style distance {dists})"
 
 
-def run_segment(args: argparse.Namespace) -> int:
-    """Segment every image and write the masks; returns the exit code."""
-    from tqdm import tqdm
+def _check_options(args: argparse.Namespace) -> None:
+    """Options that make no sense for any image stop the call before any work."""
+    from .engine.inference.checks import check_diameter
 
-    if args.diameter is not None and args.diameter <= 0:
-        args.diameter = None  # 0 = estimate, as in Cellpose
-    if not args.paths and not args.sample:
-        raise ValueError("give image files/folders, or --sample to try the bundled sample")
+    if args.diameter is not None:
+        if args.diameter == 0:
+            args.diameter = None  # 0 = estimate, as in Cellpose
+        else:
+            check_diameter(args.diameter)
+    if args.anisotropy is not None and not (math.isfinite(args.anisotropy)
+                                            and args.anisotropy > 0):
+        raise ValueError(f"--anisotropy must be a finite number > 0, got {args.anisotropy}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    mask = mask_params(args)  # a bad threshold stops here, before any image is read
-    if block_jobs := blockwise_jobs(args):
-        return run_blocks(args, block_jobs)
-    kw = {"channels": parse_channels(args.channels), "channel_axis": args.channel_axis,
-          "z_axis": args.z_axis, "diameter": args.diameter, "do_3d": args.do_3d,
-          "anisotropy": args.anisotropy, "augment": args.augment,
-          "batch_size": args.batch_size, **mask.as_dict()}
-    jobs: list[tuple[str, Any, Path, dict]] = []
+
+def _jobs(args: argparse.Namespace, kw: dict) -> list[tuple[str, Any, Path | None, dict]]:
+    """``(label, image or path or error, output stem, keyword arguments)`` per input."""
+    jobs: list[tuple[str, Any, Path | None, dict]] = []
     if args.sample:
         from .engine.data.samples import load_sample
 
@@ -150,40 +163,81 @@ def run_segment(args: argparse.Namespace) -> int:
             skw["z_axis"] = 0
         jobs.append((f"sample {name!r}", img, out_dir / f"sample_{name}_masks",
                      {**skw, "_info": info}))
-    files = collect_images(args.paths) if args.paths else []
-    for f in files:
+    for inp in args.inputs:
+        if inp.error is not None:
+            jobs.append((inp.label, inp.error, None, kw))
+            continue
+        f = inp.path
         out_dir = Path(args.out) if args.out else f.parent
-        jobs.append((str(f), f, out_dir / f"{f.name.split('.')[0]}_masks", kw))
+        jobs.append((inp.label, f, out_dir / f"{f.name.split('.')[0]}_masks", kw))
+    return jobs
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """Segment every image and write the masks; returns the exit code.
+
+    Each input is read and checked at its turn; one that fails is reported on one line and
+    skipped (:class:`~flowseg._cli_batch.Batch`): exit code 0 when all were segmented, 1
+    when some failed, 2 when none was segmented or an option is wrong.
+    """
+    from tqdm import tqdm
+
+    if not args.paths and not args.sample:
+        raise ValueError("give image files/folders, or --sample to try the bundled sample")
+    _check_options(args)
+    mask = mask_params(args)  # a bad threshold stops here, before any image is read
+    args.inputs = expand(list(args.paths)) if args.paths else []
+    if block_jobs := blockwise_jobs(args, args.inputs):
+        return run_blocks(args, block_jobs)
+    kw = {"channels": parse_channels(args.channels), "channel_axis": args.channel_axis,
+          "z_axis": args.z_axis, "diameter": args.diameter, "do_3d": args.do_3d,
+          "anisotropy": args.anisotropy, "augment": args.augment,
+          "batch_size": args.batch_size, **mask.as_dict()}
+    jobs = _jobs(args, kw)
     models = _ModelChoice(args.model, args.device)
     bars = ProgressBars(not args.no_progress)
+    batch = Batch("segmented")
     outer = tqdm(jobs, desc="images", disable=args.no_progress or len(jobs) < 2, file=sys.stderr)
     for label, src, dst, jkw in outer:
-        jkw = dict(jkw)
-        info = jkw.pop("_info", None)
-        image = read_image(src) if isinstance(src, Path) else src
-        try:
-            model, note = models(image, jkw)
-            seg = model.segment(image, progress=bars, **jkw)
-        except ValueError as exc:
-            raise ValueError(f"{label}: {exc}") from None
-        finally:
-            bars.close()
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        out = write_masks(seg.masks, dst, args.format)
-        msg = (f"{label}: {seg.n_objects} objects (diameter {seg.diameter:.1f} px, "
-               f"{seg.params.get('diameter_source')}) -> {out}")
-        if note:
-            msg += f"  [{note}]"
-        if info is not None and info.get("labels") is not None:
-            from .engine.flows.metrics import average_precision
+        if dst is None:
+            batch.fail(label, src)
+            continue
+        batch.step(label, lambda src=src, dst=dst, jkw=jkw, label=label:
+                   _segment_one(args, label, src, dst, jkw, models, bars))
+    return batch.finish()
 
-            ap = average_precision(info["labels"], seg.masks, thresholds=(0.5, 0.75, 0.9))
-            msg += f"  [AP@0.5/0.75/0.9 vs ground truth: {ap[0]:.3f}/{ap[1]:.3f}/{ap[2]:.3f}]"
-        tqdm.write(msg, file=sys.stdout)
-        if args.save_flows:
-            import tifffile
 
-            fpath = dst.parent / (dst.name[: -len("_masks")] + "_flows.tif")
-            stack = np.concatenate([seg.flows, seg.cellprob[None]], 0).astype(np.float32)
-            tifffile.imwrite(fpath, stack, compression="zlib")
-    return 0
+def _segment_one(args: argparse.Namespace, label: str, src: Any, dst: Path, jkw: dict,
+                 models: _ModelChoice, bars: ProgressBars) -> None:
+    """Read (a path), check, segment and write one image; print what came out."""
+    from tqdm import tqdm
+
+    jkw = dict(jkw)
+    info = jkw.pop("_info", None)
+    memory = not args.no_memory_check
+    if isinstance(src, Path):
+        if memory and not models.auto:  # from the file's header, before reading it
+            check_memory(args, src, image_shape(src), models.fixed)
+        image = read_image(src)
+    else:
+        image = src
+    try:
+        model, note = models(image, jkw)
+        if memory and (models.auto or not isinstance(src, Path)):
+            check_memory(args, Path(label), tuple(np.shape(image)), model)
+        seg = model.segment(image, progress=bars, check_memory=False, **jkw)
+    finally:
+        bars.close()
+    out = write_masks(seg.masks, dst, args.format)
+    msg = (f"{label}: {seg.n_objects} objects (diameter {seg.diameter:.1f} px, "
+           f"{seg.params.get('diameter_source')}) -> {out}")
+    if note:
+        msg += f"  [{note}]"
+    if info is not None and info.get("labels") is not None:
+        from .engine.flows.metrics import average_precision
+
+        ap = average_precision(info["labels"], seg.masks, thresholds=(0.5, 0.75, 0.9))
+        msg += f"  [AP@0.5/0.75/0.9 vs ground truth: {ap[0]:.3f}/{ap[1]:.3f}/{ap[2]:.3f}]"
+    if args.save_flows:
+        _write_flows(seg, dst.parent / (dst.name[: -len("_masks")] + "_flows.tif"))
+    tqdm.write(msg, file=sys.stdout)

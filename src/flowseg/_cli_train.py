@@ -204,16 +204,22 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """``flowseg eval``: AP@0.5/0.75/0.9 averaged over the images, per-image CSV."""
+    """``flowseg eval``: AP@0.5/0.75/0.9 averaged over the images, per-image CSV.
+
+    Each pair is read and checked at its turn; one that fails is reported on one line and
+    skipped (:class:`~flowseg._cli_batch.Batch`); the means are over the scored images.
+    """
     from tqdm import tqdm
 
-    from .engine.flows.metrics import average_precision
+    from ._cli_batch import Batch
+    from .engine.inference.checks import check_diameter
     from .engine.inference.model import Model
-    from .engine.io.datasets import find_pairs, read_image, read_labels
-    from .engine.training.prep import median_diameter
+    from .engine.io.datasets import find_pairs
 
     if args.csv and not Path(args.csv).expanduser().parent.is_dir():
         raise FileNotFoundError(f"the folder of --csv {args.csv} does not exist")
+    if args.diameter is not None and args.diameter != 0:
+        check_diameter(args.diameter)
     model = Model.load(args.model)
     pairs = find_pairs(args.dir, args.mask_filter, args.img_filter)
     if not pairs:
@@ -223,24 +229,50 @@ def run_eval(args: argparse.Namespace) -> int:
     channels = parse_channels(args.channels)
     mask = mask_params(args)
     thr = (0.5, 0.75, 0.9)
-    rows = []
+    rows: list[dict] = []
+    batch = Batch("evaluated")
     for ip, lp in tqdm(pairs, desc="eval", unit="img", file=sys.stderr, dynamic_ncols=True):
-        img, gt = read_image(ip), np.asarray(read_labels(lp))
-        d = median_diameter(gt) if args.true_diameter else args.diameter
-        seg = model.segment(img, diameter=d, channels=channels, **mask.as_dict())
-        res = average_precision(gt, seg.masks, thresholds=thr)
-        ap = np.asarray(res[0] if isinstance(res, tuple) else res, float).ravel()
-        rows.append({"image": ip.name, "n_true": int(len(np.unique(gt)) - (gt.min() == 0)),
-                     "n_pred": int(len(np.unique(seg.masks)) - (seg.masks.min() == 0)),
-                     "diameter": round(float(seg.diameter), 2) if seg.diameter else "",
-                     **{f"ap{int(t * 100)}": round(float(a), 4) for t, a in zip(thr, ap)}})
-    mean = {t: float(np.mean([r[f"ap{int(t * 100)}"] for r in rows])) for t in thr}
-    print(f"{len(rows)} image(s), model {args.model}: "
-          + ", ".join(f"AP@{t:g} = {mean[t]:.3f}" for t in thr))
-    if args.csv:
-        with open(Path(args.csv).expanduser(), "w", newline="") as fh:
+        row = batch.step(ip.name, lambda ip=ip, lp=lp: _score_pair(
+            args, model, ip, lp, channels=channels, mask=mask, thresholds=thr))
+        if row is not None:
+            rows.append(row)
+    if rows:
+        mean = {t: float(np.mean([r[f"ap{int(t * 100)}"] for r in rows])) for t in thr}
+        print(f"{len(rows)} image(s), model {args.model}: "
+              + ", ".join(f"AP@{t:g} = {mean[t]:.3f}" for t in thr))
+    if args.csv and rows:
+        from .engine.io.images import atomic_path
+
+        with atomic_path(Path(args.csv).expanduser()) as tmp, \
+                open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
         print(f"per-image results written to {args.csv}", file=sys.stderr)
-    return 0
+    return batch.finish()
+
+
+def _score_pair(args: argparse.Namespace, model, ip: Path, lp: Path, *, channels, mask,
+                thresholds) -> dict:
+    """Read, segment and score one image / labels pair: its CSV row."""
+    from .engine.errors import InputError
+    from .engine.flows.metrics import average_precision
+    from .engine.io.datasets import read_image, read_labels
+    from .engine.training.prep import median_diameter
+
+    img, gt = read_image(ip), np.asarray(read_labels(lp))
+    if gt.dtype.kind not in "iub":
+        raise InputError(f"labels {lp.name} hold {gt.dtype} values, not integer ids")
+    d = median_diameter(gt) if args.true_diameter else args.diameter
+    if d == 0:  # 0: the model's own diameter; no objects in the labels: estimate
+        d = None if args.true_diameter else model.diam_mean
+    seg = model.segment(img, diameter=d, channels=channels, **mask.as_dict())
+    if seg.masks.shape != gt.shape:
+        raise InputError(f"labels {lp.name} have shape {gt.shape}, the image's masks "
+                         f"{seg.masks.shape}")
+    res = average_precision(gt, seg.masks, thresholds=thresholds)
+    ap = np.asarray(res[0] if isinstance(res, tuple) else res, float).ravel()
+    return {"image": ip.name, "n_true": int(len(np.unique(gt)) - (gt.min() == 0)),
+            "n_pred": int(len(np.unique(seg.masks)) - (seg.masks.min() == 0)),
+            "diameter": round(float(seg.diameter), 2) if seg.diameter else "",
+            **{f"ap{int(t * 100)}": round(float(a), 4) for t, a in zip(thresholds, ap)}}

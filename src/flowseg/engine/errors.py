@@ -37,10 +37,13 @@ class FileReadError(InputError):
     ----------
     path : str
         The file.
+    reason : str
+        What is wrong with it (the message without the file name).
     """
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = os.fspath(path)
+        self.reason = reason
         super().__init__(f"cannot read {self.path}: {reason}")
 
 

@@ -17,7 +17,9 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InputError
 from ..progress import check_cancel, report
+from .images import read_image as _read_image
 from .segfile import read_seg
 
 __all__ = ["IMAGE_EXTENSIONS", "TrainingFolder", "find_pairs", "read_image", "read_labels",
@@ -50,15 +52,10 @@ class TrainingFolder:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file (TIFF through tifffile, other formats through imageio)."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    import imageio.v3 as iio
-
-    return np.asarray(iio.imread(path))
+    """Read an image file (TIFF through tifffile, other formats through imageio); a file
+    that cannot be read raises one :class:`~flowseg.engine.errors.FileReadError` naming it
+    (:func:`flowseg.engine.io.images.read_image`)."""
+    return _read_image(path)
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
@@ -172,8 +169,8 @@ def load_folder(folder: str | os.PathLike, mask_filter: str = "_masks", img_filt
     out = TrainingFolder()
     for k, (ip, lp) in enumerate(pairs):
         check_cancel(cancel)
-        img = read_image(ip)
-        try:
+        try:  # a bad file is skipped (and listed), not the end of the whole folder
+            img = read_image(ip)
             lab = read_labels(lp)
         except ValueError as exc:
             warnings.warn(f"skipping {ip.name}: {exc}", stacklevel=2)
@@ -187,6 +184,9 @@ def load_folder(folder: str | os.PathLike, mask_filter: str = "_masks", img_filt
         out.labels.append(lab)
         out.names.append(ip.name)
         report(progress, "read", k + 1, len(pairs), ip.name)
+    if not out.images:
+        raise InputError(f"no readable training pair in {folder}: "
+                         + "; ".join(out.skipped[:3]) + (" ..." if len(out.skipped) > 3 else ""))
     return out
 
 

@@ -146,6 +146,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise FileReadError(p, _why(p, exc)) from None
     if not isinstance(arr, np.ndarray) or arr.dtype == object:
         raise FileReadError(p, "it does not hold a numeric image")
+    if arr.size == 0:
+        raise FileReadError(p, f"it holds no pixels (shape {arr.shape})")
     return arr
 
 
