@@ -106,7 +106,7 @@ def test_bad_state_dicts_give_clear_errors(tmp_path):
     with pytest.raises(ModelFileError, match="neither a flowseg model nor a Cellpose"):
         load_model_file(tmp_path / "foo.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ModelFileError, match="not a readable PyTorch"):
+    with pytest.raises(ModelFileError, match="neither a PyTorch zip nor a pickle"):
         Model.load(tmp_path / "junk.pt")
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(ModelFileError, match="not a state dict"):
@@ -129,7 +129,7 @@ def test_pickled_code_is_refused(tmp_path):
     torch.load(tmp_path / "evil.pt", weights_only=False)  # the payload does run when trusted
     assert target.exists()
     target.unlink()
-    with pytest.raises(ModelFileError, match="weights_only"):
+    with pytest.raises(ModelFileError, match="could run code"):
         Model.load(tmp_path / "evil.pt")
     assert not target.exists()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._cli_batch import Batch
 from ._cli_common import add_mask_args, mask_params, parse_channels
 from .engine.training.budget import DEFAULT_TIME_BUDGET
 
@@ -211,7 +212,6 @@ def run_eval(args: argparse.Namespace) -> int:
     """
     from tqdm import tqdm
 
-    from ._cli_batch import Batch
     from .engine.inference.checks import check_diameter
     from .engine.inference.model import Model
     from .engine.io.datasets import find_pairs
