@@ -216,3 +216,21 @@ def test_errors_are_exported():
                  "NotEnoughMemoryError"):
         exc = getattr(flowseg, name)
         assert issubclass(exc, flowseg.InputError) and issubclass(exc, ValueError)
+
+
+def test_train_checks_its_images(tmp_path):
+    from flowseg.engine.data.synthetic import make_sample
+
+    s = make_sample("nuclei", (48, 48), diameter=12, seed=0)
+    img, lab = s.image[..., 0].astype(np.float32), s.labels
+    nan = img.copy()
+    nan[:3, :3] = np.nan
+    cases = ((nan, "training image #1 (b.tif): image contains 9 NaN"),
+             (np.zeros_like(img), "training image #1 (b.tif): the image is all 0"),
+             (np.stack([img] * 6, -1), "training image #1 (b.tif): cannot tell which axis"))
+    for bad, words in cases:
+        with pytest.raises(InputError) as info:
+            flowseg.train(None, [img, bad], [lab, lab], names=["a.tif", "b.tif"], epochs=1,
+                          width=4, save_path=tmp_path / "m.pt")
+        assert words in str(info.value)
+    assert not (tmp_path / "m.pt").exists()

@@ -193,8 +193,8 @@ def _check_values(views: dict) -> dict:
 
 def check_image(image: Any, *, channels: Optional[Sequence] = None,
                 channel_axis: Optional[int] = None, z_axis: Optional[int] = None,
-                do_3d: bool = False, stitch_threshold: float = 0.0, nchan: int = 2
-                ) -> ImageInfo:
+                do_3d: bool = False, stitch_threshold: float = 0.0, nchan: int = 2,
+                spatial: Optional[int] = None) -> ImageInfo:
     """Check an image and its axis / channel settings as ``Model.segment`` reads them.
 
     Parameters
@@ -205,6 +205,9 @@ def check_image(image: Any, *, channels: Optional[Sequence] = None,
         As in :meth:`flowseg.Model.segment`.
     nchan : int
         Input channels of the model's network (a nucleus channel is ignored with 1).
+    spatial : int, optional
+        Spatial axes (2 or 3) when the caller knows them (e.g. from labels); by default
+        decided as ``Model.segment`` does.
 
     Returns
     -------
@@ -225,7 +228,8 @@ def check_image(image: Any, *, channels: Optional[Sequence] = None,
         raise InputError(f"the channel axis and the Z axis must be different axes, both are "
                          f"{int(channel_axis) % arr.ndim} (image of shape {arr.shape})")
     try:
-        sdim = spatial_ndim(arr, channel_axis, z_axis, do_3d, float(stitch_threshold))
+        sdim = spatial_ndim(arr, channel_axis, z_axis, do_3d, float(stitch_threshold)) \
+            if spatial is None else int(spatial)
         x = to_channels_last(arr, sdim, channel_axis, z_axis)
     except InputError:
         raise

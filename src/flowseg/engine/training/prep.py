@@ -19,7 +19,9 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..errors import InputError
 from ..flows.diffusion import check_labels, masks_to_flows
+from ..inference.checks import check_image
 from ..inference.transforms import normalize_percentile, prepare_channels
 from ..progress import check_cancel, report
 
@@ -164,7 +166,14 @@ def prepare_samples(
     for k, (img, lab) in enumerate(zip(images, labels)):
         check_cancel(cancel)
         lab = check_labels(lab, name=f"{what} labels #{k}")
-        x = _channels_first(np.asarray(img), lab.ndim, channels, nchan, normalize)
+        try:  # NaN / Inf, dtype, axes, channel indices: the checks of Model.segment
+            info = check_image(img, channels=channels, nchan=nchan, spatial=lab.ndim)
+        except InputError as exc:
+            raise InputError(f"{what} image #{k} ({names[k]}): {exc}") from None
+        if info.constant:
+            raise InputError(f"{what} image #{k} ({names[k]}): {info.constant_message()}: "
+                             "nothing to learn from (check the image and its channels)")
+        x = _channels_first(info.array, lab.ndim, channels, nchan, normalize)
         if x.shape[1:] != lab.shape:
             raise ValueError(f"{what} image #{k} ({names[k]}) gives shape {x.shape[1:]} after "
                              f"channel selection but its labels have shape {lab.shape}")
