@@ -13,15 +13,19 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_CHANNELS",
     "Axes",
+    "channel_axis_choices",
     "check_axes",
     "default_anisotropy",
     "diameter_from_shapes",
     "guess_axes",
     "layer_kind",
     "n_channels",
+    "z_axis_choices",
 ]
 
+#: The longest axis the channel-axis picker offers (a longer one is spatial).
 MAX_CHANNELS = 8
 
 
@@ -64,8 +68,27 @@ def guess_axes(shape: tuple, rgb: bool = False) -> Axes:
     return Axes()
 
 
+def channel_axis_choices(shape: tuple, z_axis: int | None = None) -> list[tuple]:
+    """``(label, axis)`` choices of the channel-axis picker: "none" and every axis short
+    enough to hold channels (at most :data:`MAX_CHANNELS`), except the Z axis."""
+    return [("none", None)] + [(f"{i} (size {n})", i) for i, n in enumerate(shape)
+                               if n <= MAX_CHANNELS and i != z_axis]
+
+
+def z_axis_choices(shape: tuple, channel_axis: int | None = None, rgb: bool = False
+                   ) -> list[tuple]:
+    """``(label, axis)`` choices of the Z-axis picker: "none" and every axis that is not
+    the channel axis (nor the colour axis of an RGB(A) layer); a 2D image has none."""
+    if len(shape) - (1 if rgb or channel_axis is not None else 0) < 3:
+        return [("none", None)]
+    skip = {channel_axis, len(shape) - 1 if rgb else None}
+    return [("none", None)] + [(f"{i} (size {n})", i) for i, n in enumerate(shape)
+                               if i not in skip]
+
+
 def check_axes(shape: tuple, axes: Axes, rgb: bool = False) -> None:
-    """Raise ValueError unless ``axes`` leave exactly two (YX) or three (ZYX) spatial axes."""
+    """Raise ValueError unless ``axes`` leave exactly two (YX) or three (ZYX) spatial axes
+    and the channel axis is short enough to hold channels."""
     nd = len(shape)
     used = [a for a in (axes.channel_axis, axes.z_axis) if a is not None]
     for a in used:
@@ -73,6 +96,11 @@ def check_axes(shape: tuple, axes: Axes, rgb: bool = False) -> None:
             raise ValueError(f"axis {a} does not exist in data of shape {shape}")
     if len(set(used)) != len(used):
         raise ValueError("the channel axis and the Z axis must be different axes")
+    c = axes.channel_axis
+    if c is not None and not rgb and shape[c] > MAX_CHANNELS:
+        raise ValueError(f"axis {c} has {shape[c]} entries: that is a spatial axis, not "
+                         f"channels (at most {MAX_CHANNELS}); choose the axis that holds "
+                         "the channels, or none")
     rest = [a for a in range(nd) if a not in used]
     if len(rest) == 2:
         return

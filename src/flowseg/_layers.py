@@ -141,8 +141,10 @@ def flow_vectors(flows: np.ndarray, step: int, max_vectors: int = 40000
 def output_layer_data(seg: Any, source: Any, placement: dict, params: dict) -> list[tuple]:
     """napari ``LayerDataTuple`` list for a segmentation result.
 
-    Returns masks (Labels), then hidden flow vectors (Vectors), cell probability and flow
-    colour (Images), all tagged with :func:`tag` and placed with ``placement``.
+    Returns masks (Labels), then hidden flow vectors (Vectors; left out when there is no
+    flow to draw, e.g. an empty image: napari cannot show an empty Vectors layer), cell
+    probability and flow colour (Images), all tagged with :func:`tag` and placed with
+    ``placement``.
     """
     name = source.name
     masks = np.asarray(seg.masks)
@@ -150,13 +152,15 @@ def output_layer_data(seg: Any, source: Any, placement: dict, params: dict) -> l
     step = max(2, round(float(params.get("diameter") or 30) / 5))
     vectors, colors = flow_vectors(flows, step)
     common = dict(placement)
-    out = [
-        (masks, {**common, "name": f"{name} masks",
-                 "metadata": tag("masks", source, params=params)}, "labels"),
+    flow_layer = [] if not len(vectors) else [
         (vectors, {**common, "name": f"{name} flows", "visible": False, "edge_color": colors,
                    "edge_width": 0.25 * step,
                    "vector_style": "arrow", "length": 1.0,
-                   "metadata": tag("flows", source, params=params, step=step)}, "vectors"),
+                   "metadata": tag("flows", source, params=params, step=step)}, "vectors")]
+    out = [
+        (masks, {**common, "name": f"{name} masks",
+                 "metadata": tag("masks", source, params=params)}, "labels"),
+        *flow_layer,
         (np.asarray(seg.cellprob, np.float32),
          {**common, "name": f"{name} cell probability", "visible": False, "colormap": "magma",
           "metadata": tag("cellprob", source, params=params)}, "image"),

@@ -19,7 +19,13 @@ import numpy as np
 from napari.layers import Image
 
 from . import _layers
-from ._inputs import Axes, default_anisotropy, n_channels
+from ._inputs import (
+    Axes,
+    channel_axis_choices,
+    default_anisotropy,
+    n_channels,
+    z_axis_choices,
+)
 from ._segment_request import default_settings
 from ._session import ImageSettings, Session
 
@@ -109,12 +115,8 @@ class PanelState:
     def apply(self, layer: Any, s: ImageSettings) -> None:
         """Show the settings ``s`` of ``layer`` in the controls."""
         p = self.panel
-        shape = tuple(layer.data.shape)
         with self.quietly():
-            axis_choices = [("none", None)] + [(f"{i} (size {n})", i) for i, n in enumerate(shape)]
-            for w, v in ((p.channel_axis, s.channel_axis), (p.z_axis, s.z_axis)):
-                w.choices = axis_choices
-                w.value = v if v is None or v < len(shape) else None
+            self._fill_axes(layer, s.channel_axis, s.z_axis)
             p.channel_axis.enabled = not layer.rgb
             self._fill_channels(layer)
             for name in ("cyto", "nucleus"):
@@ -130,6 +132,19 @@ class PanelState:
             if s.model is not None and s.model in p.model.choices:
                 p.model.value = s.model
             p.diameter.value = s.diameter
+
+    def _fill_axes(self, layer: Any, channel_axis: int | None, z_axis: int | None) -> None:
+        """Offer only valid axes: channels on a short axis, Z on another axis."""
+        p = self.panel
+        shape, rgb = tuple(layer.data.shape), bool(layer.rgb)
+        p.channel_axis.choices = channel_axis_choices(shape, z_axis)
+        cax = channel_axis if channel_axis in _values(p.channel_axis.choices) else None
+        p.channel_axis.value = cax
+        p.z_axis.choices = z_axis_choices(shape, cax, rgb)
+        p.z_axis.value = z_axis if z_axis in _values(p.z_axis.choices) else None
+        if p.z_axis.value is not None:  # the channel picker leaves out the Z axis
+            p.channel_axis.choices = channel_axis_choices(shape, p.z_axis.value)
+            p.channel_axis.value = cax
 
     def _fill_channels(self, layer: Any) -> None:
         p = self.panel
@@ -152,8 +167,9 @@ class PanelState:
         if self.quiet or layer is None:
             return
         defaults = default_settings(layer)
-        ax = Axes(p.channel_axis.value, p.z_axis.value)
         with self.quietly():
+            self._fill_axes(layer, p.channel_axis.value, p.z_axis.value)
+            ax = Axes(p.channel_axis.value, p.z_axis.value)
             self._fill_channels(layer)
             p.cyto.value = 0
             nch = len(p.nucleus.choices) - 1
@@ -217,3 +233,8 @@ class PanelState:
             p.image.value = target
         elif role == "masks":
             self.show_result(target)
+
+
+def _values(choices: Any) -> list:
+    """The values of a ComboBox's choices (magicgui gives values, or (label, value) pairs)."""
+    return [c[1] if isinstance(c, tuple) else c for c in choices]

@@ -70,6 +70,7 @@ def read_seg_layers(path: Any) -> list:
     if dP is not None:
         step = max(2, int(round((_num(dat.get("diameter")) or 30.0) / 5)))
         vec, colors = flow_vectors(dP, step)
+    if dP is not None and len(vec):  # napari cannot show an empty Vectors layer
         layers.append((vec, {"name": f"{base} flows", "edge_color": colors,
                              "edge_width": 0.25 * step, "vector_style": "arrow",
                              "metadata": dict(info)}, "vectors"))

@@ -56,14 +56,26 @@ class ResultLayers:
         and were therefore not replaced.
         """
         viewer = self.viewer
-        kept = self._clear_outputs(source)
         placement = _layers.spatial_placement(source, channel_axis)
+        # the new layers go in first; the old ones leave only when all new ones are in,
+        # so a failure (napari refusing a layer) leaves the viewer as it was
+        outputs = _layers.output_layer_data(seg, source, placement, params)
         made = {}
-        for data, kwargs, kind in _layers.output_layer_data(seg, source, placement, params):
-            if kind == "labels":
-                data = np.array(data, copy=True)  # the layer's own array, edited in place
-            made[kwargs["metadata"][_layers.META_KEY]["role"]] = \
-                getattr(viewer, f"add_{kind}")(data, **kwargs)
+        try:
+            for data, kwargs, kind in outputs:
+                if kind == "labels":
+                    data = np.array(data, copy=True)  # the layer's own, edited in place
+                role = kwargs["metadata"][_layers.META_KEY]["role"]
+                made[role] = getattr(viewer, f"add_{kind}")(data, **kwargs)
+        except Exception:
+            for layer in made.values():  # never a half-made result
+                if layer in viewer.layers:
+                    viewer.layers.remove(layer)
+            raise
+        kept = self._clear_outputs(source, keep=list(made.values()))
+        for (_, kwargs, _), layer in zip(outputs, made.values()):
+            if not any(k.name == kwargs["name"] for k in kept):
+                layer.name = kwargs["name"]  # napari numbered it while the old one was there
         masks = made["masks"]
         masks.contour = 2 if self.outlines else 0
         res = Result(image=source, seg=seg, layers=made, params=params,
@@ -72,12 +84,13 @@ class ResultLayers:
         self.session.add(res)
         return res, kept
 
-    def _clear_outputs(self, source: Any) -> list:
-        """Remove the earlier outputs of ``source`` except corrected masks layers (returned)
-        and block-by-block results (files, kept as they are)."""
+    def _clear_outputs(self, source: Any, keep: list | None = None) -> list:
+        """Remove the earlier outputs of ``source`` (not those in ``keep``) except
+        corrected masks layers (returned) and block-by-block results (files, kept as they
+        are)."""
         kept = []
         for old in _layers.find_outputs(self.viewer.layers, source):
-            if _layers.is_blockwise(old):
+            if _layers.is_blockwise(old) or any(old is k for k in keep or ()):
                 continue
             if _layers.role_of(old) == "masks" and self._is_edited(old):
                 kept.append(old)

@@ -65,8 +65,8 @@ class SegmentPanel(SegmentForm):
 
     def _connect(self) -> None:
         self.image.changed.connect(self.state.on_image_changed)
-        self.channel_axis.changed.connect(self.state.on_axes_changed)
-        self.z_axis.changed.connect(self.state.on_axes_changed)
+        for w in (self.channel_axis, self.z_axis):  # Qt's signal: magicgui says nothing
+            w.native.currentIndexChanged.connect(self.state.on_axes_changed)  # on "none"
         self.model.changed.connect(self._on_model_changed)
         self.diameter.changed.connect(self._update_preview)
         self.preview.changed.connect(self._update_preview)
@@ -120,6 +120,8 @@ class SegmentPanel(SegmentForm):
         def on_error(exc: BaseException) -> None:
             if isinstance(exc, Cancelled):
                 show_info(f"{what} cancelled")
+            elif isinstance(exc, ValueError):  # our input errors: the message says it all
+                show_error(f"{what} failed: {exc}")
             else:
                 show_error(f"{what} failed: {type(exc).__name__}: {exc}")
         return on_error
@@ -172,10 +174,13 @@ class SegmentPanel(SegmentForm):
         def work(progress: Any, cancel: Any) -> Any:
             data = np.asarray(req.data)
             model = load(data, req.channel_axis, req.z_axis, cancel)
-            return model.segment(data, progress=progress, cancel=cancel, **req.engine_kwargs())
+            # memory: checked above (and the user may have chosen to run anyway)
+            seg = model.segment(data, progress=progress, cancel=cancel, check_memory=False,
+                                **req.engine_kwargs())
+            return seg, (_why_empty(data, req) if seg.n_objects == 0 else "")
 
         return self.segment_job.start(
-            work, on_done=lambda seg: self._add_outputs(req, seg, chosen.get("name")),
+            work, on_done=lambda out: self._add_outputs(req, *out, chosen=chosen.get("name")),
             on_error=self._error("segmentation"),
             message=f"Loading the model for {req.layer.name}")
 
@@ -212,7 +217,8 @@ class SegmentPanel(SegmentForm):
         self.segment_job.set_text(text)
         self.segmented.emit(source, rec.masks)
 
-    def _add_outputs(self, req: SegmentRequest, seg: Any, chosen: str | None = None) -> None:
+    def _add_outputs(self, req: SegmentRequest, seg: Any, why_empty: str = "",
+                     chosen: str | None = None) -> None:
         source = req.layer
         if source not in self.viewer.layers:
             show_warning(f"image layer {source.name!r} was removed during the run; "
@@ -226,6 +232,10 @@ class SegmentPanel(SegmentForm):
         if self.image.value is source:
             self.viewer.layers.selection.active = res.masks
         text = f"{seg.n_objects} cells (diameter {seg.diameter:.1f} px{_chosen(chosen)})"
+        if why_empty:
+            text = f"0 cells: {why_empty}, nothing to segment"
+            if "channel (" in why_empty:
+                text += "; choose another channel"
         if kept:
             names = ", ".join(repr(ly.name) for ly in kept)
             text += f". Your corrected {names} was kept; this run is in {res.masks.name!r}"
@@ -353,6 +363,8 @@ class SegmentPanel(SegmentForm):
         """Cancel every running job and drop the preview (the dock is closing)."""
         for job in self.jobs:  # no Qt calls: the widgets may be gone already
             job.cancel_event.set()
+        with contextlib.suppress(RuntimeError):  # a pending threshold update: not any more
+            self._debounce.stop()
         with contextlib.suppress(RuntimeError):  # Qt objects already deleted
             self.preview_circle.hide()
 
@@ -360,3 +372,19 @@ class SegmentPanel(SegmentForm):
 def _chosen(name: str | None) -> str:
     """``"; model 'nuclei' (auto)"`` for the status line when "auto" chose, else ``""``."""
     return "" if name is None else f"; model {name!r}, chosen by style (auto)"
+
+
+def _why_empty(data: np.ndarray, req: SegmentRequest) -> str:
+    """Why an image gave no cells when it cannot hold any (constant channels, too small),
+    in words for the status line; ``""`` otherwise."""
+    from .engine.errors import InputError
+    from .engine.inference.checks import check_image
+
+    names = ("red", "green", "blue", "alpha") if req.layer.rgb else None
+    try:
+        info = check_image(data, channels=req.channels, channel_axis=req.channel_axis,
+                           z_axis=req.z_axis, do_3d=req.do_3d,
+                           stitch_threshold=req.mask.stitch_threshold)
+    except InputError:
+        return ""
+    return info.nothing_to_segment(names)

@@ -94,12 +94,14 @@ def test_label_image_roundtrip(tmp_path, labels, ext):
 
 
 def test_label_writer_errors(tmp_path):
-    with pytest.raises(ValueError, match="PNG holds 2D"):
+    # not ValueErrors: napari would replace those by its generic "not a valid writer"
+    with pytest.raises(_writer.LabelWriteError, match="PNG holds 2D"):
         _writer.write_label_image(str(tmp_path / "a.png"), np.zeros((3, 4, 4), np.int32), {})
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(_writer.LabelWriteError, match="integer"):
         _writer.write_label_image(str(tmp_path / "a.tif"), np.zeros((4, 4), np.float32), {})
-    with pytest.raises(ValueError, match="exactly one Labels"):
+    with pytest.raises(_writer.LabelWriteError, match="exactly one Labels"):
         _writer.write_seg_npy(str(tmp_path / "a_seg.npy"), [])
+    assert not issubclass(_writer.LabelWriteError, ValueError)
 
 
 def test_roi_zip_writer(tmp_path, labels):

@@ -324,12 +324,13 @@ def check_segment_input(model: Any, image: Any, *, channels: Optional[Sequence] 
     info = check_image(image, channels=channels, channel_axis=channel_axis, z_axis=z_axis,
                        do_3d=do_3d, stitch_threshold=params.stitch_threshold,
                        nchan=int(getattr(model, "nchan", 2)))
-    d = check_diameter(diameter, info.spatial_shape)
-    if d is not None:
+    empty = bool(info.nothing_to_segment())  # no cell: the result is empty at any size
+    d = check_diameter(diameter, None if empty else info.spatial_shape)
+    if d is not None and not empty:
         zf = float(anisotropy or 1.0) * model.diam_mean / d \
             if (info.spatial_ndim == 3 and do_3d) else 1.0
         check_work_size(info.spatial_shape, d, model.diam_mean, zf)
-    if memory and not (info.constant or info.too_small):
+    if memory and not empty:
         check_memory(model, info.array.shape, channel_axis=channel_axis, z_axis=z_axis,
                      do_3d=do_3d, stitch_threshold=params.stitch_threshold, diameter=d,
                      anisotropy=anisotropy, batch_size=int(batch_size), augment=augment)

@@ -186,7 +186,8 @@ def write_labels(path: str | os.PathLike, masks: np.ndarray, fmt: str | None = N
     Parameters
     ----------
     path : path-like
-        Destination; its suffix is replaced by ``fmt`` when ``fmt`` is given.
+        Destination; a suffix other than ``fmt``'s (``.tif`` / ``.tiff``, ``.png``,
+        ``.npy``) is replaced (or added).
     masks : np.ndarray
         2D or 3D non-negative integer labels.
     fmt : {"tif", "png", "npy"}, optional
@@ -210,7 +211,8 @@ def write_labels(path: str | os.PathLike, masks: np.ndarray, fmt: str | None = N
     if fmt not in LABEL_FORMATS:
         raise InputError(f"label files are written as {', '.join(LABEL_FORMATS)}, not "
                          f"{fmt!r}")
-    out = path.with_suffix(f".{fmt}")
+    same = path.suffix.lower().lstrip(".").replace("tiff", "tif") == fmt
+    out = path if same else path.with_suffix(f".{fmt}")
     m = np.asarray(masks)
     if m.dtype.kind not in "iub" or m.ndim not in (2, 3):
         raise InputError(f"labels must be a 2D or 3D integer array, got {m.dtype} with shape "
