@@ -120,8 +120,11 @@ def prepare_input(model: ModelBase, image: np.ndarray, *, channels=None, channel
 
 def run_2d(model: ModelBase, x: np.ndarray, rescale: float, *, bsize: int, tile_overlap: float,
             batch_size: int, augment: bool, progress, cancel, whole_max: int = 0,
-            pad_extra: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Network outputs for ``x`` (N, H, W, C) at image resolution: (N, 3, H, W), (N, S)."""
+            pad_extra: int = 8, stage: str = "network") -> tuple[np.ndarray, np.ndarray]:
+    """Network outputs for ``x`` (N, H, W, C) at image resolution: (N, 3, H, W), (N, S).
+
+    Progress is reported with ``stage`` (per tile batch for one image, per slab of a stack).
+    """
     N, H, W, _ = x.shape
     ys, styles = [], []
     # resize slab by slab so a big stack never exists twice at the model's scale
@@ -134,9 +137,9 @@ def run_2d(model: ModelBase, x: np.ndarray, rescale: float, *, bsize: int, tile_
         y, st = run_tiled(model.net, xs, bsize=bsize, tile_overlap=tile_overlap,
                           batch_size=batch_size, augment=augment, cancel=cancel,
                           whole_max=whole_max, pad_extra=pad_extra,
-                          progress=progress if N == 1 else None, stage="network")
+                          progress=progress if N == 1 else None, stage=stage)
         if N > 1:
-            report(progress, "network", min(s + slab, N), N, "running the network on slices")
+            report(progress, stage, min(s + slab, N), N, "running the network on slices")
         if y.shape[-2:] != (H, W):
             y = resize_image(y, (H, W), channels_last=False)
         ys.append(y)

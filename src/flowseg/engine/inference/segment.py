@@ -29,7 +29,14 @@ from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .base import ModelBase
 from .prepare import WHOLE_MAX, Normalize, check_diameter, default_niter, prepare_input, run_2d
 from .result import Segmentation
-from .size import estimate_diameter_prepared
+from .size import (
+    REUSE_TOLERANCE,
+    Refinement,
+    estimate_diameter_prepared,
+    min_estimate,
+    refine_at,
+    regression_diameter,
+)
 from .volume import run_3d
 
 __all__ = ["segment"]
@@ -69,6 +76,31 @@ def _empty(model: ModelBase, x: np.ndarray, sdim: int, diameter: Optional[float]
                         flows=np.zeros((nflow, *spatial), np.float32),
                         cellprob=np.full(spatial, _EMPTY_LOGIT, np.float32), styles=styles,
                         diameter=float(diameter or model.diam_mean), params=params)
+
+
+def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
+                 ) -> tuple[float, Optional[Refinement], dict[str, Any]]:
+    """Estimate the diameter of a prepared 2D image, keeping the estimate's pass if it fits.
+
+    The size model's diameter (:func:`~flowseg.engine.inference.size.regression_diameter`)
+    is refined by one segmentation at it (:func:`~flowseg.engine.inference.size.refine_at`,
+    with the caller's network options).  When the median diameter of its masks is within
+    :data:`~flowseg.engine.inference.size.REUSE_TOLERANCE` of the diameter the pass was made
+    at, that pass is the segmentation (no second network pass).  Returns the diameter to
+    segment at, the pass to keep (or None) and the record for ``params``.
+    """
+    progress, cancel = opts["progress"], opts["cancel"]
+    report(progress, "size", 0, 1, "estimating the object size")
+    d_reg = regression_diameter(model, x, batch_size=opts["batch_size"], cancel=cancel)
+    _check_work_size(x.shape[:-1], model.diam_mean / d_reg, 1.0, d_reg, model.diam_mean)
+    check_cancel(cancel)
+    ref = refine_at(model, x, d_reg, **opts)
+    est = max(min_estimate(model), ref.diameter) if ref.diameter > 0 else d_reg
+    keep = abs(math.log(est / d_reg)) <= math.log1p(REUSE_TOLERANCE)
+    report(progress, "size", 1, 1, "estimating the object size")
+    record = {"diameter_estimate": float(est), "diameter_size_model": float(d_reg),
+              "estimate_pass_kept": bool(keep)}
+    return (d_reg, ref, record) if keep else (est, None, record)
 
 
 def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=None,
@@ -147,12 +179,20 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
             mask.as_dict(), diameter_source="constant image: nothing to segment",
             do_3d=bool(do_3d and sdim == 3)))
     source = "given"
+    opts: dict[str, Any] = {"bsize": bsize, "tile_overlap": tile_overlap, "batch_size": batch_size,
+            "augment": augment, "whole_max": int(whole_max), "pad_extra": int(pad_extra),
+            "progress": progress, "cancel": cancel}
+    kept: Optional[Refinement] = None
+    estimate: dict[str, Any] = {}
     if diameter is None:
-        if model.size_model is not None:
-            ref = x if sdim == 2 else x[x.shape[0] // 2]
-            diameter = estimate_diameter_prepared(model, ref, batch_size=batch_size,
-                                                  progress=progress, cancel=cancel)
-            source = "estimated" if sdim == 2 else "estimated (middle slice)"
+        if model.size_model is not None and sdim == 2:
+            diameter, kept, estimate = _estimate_2d(model, x, opts)
+            source = "estimated"
+        elif model.size_model is not None:
+            diameter = estimate_diameter_prepared(model, x[x.shape[0] // 2],
+                                                  batch_size=batch_size, progress=progress,
+                                                  cancel=cancel)
+            source = "estimated (middle slice)"
         else:
             diameter = model.diam_mean
             source = "model diam_mean (no size model; pass diameter to resize)"
@@ -162,10 +202,15 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
     if mask.niter is None:
         mask = mask.replace(niter=default_niter(diameter, model.diam_mean))
     params: dict[str, Any] = dict(mask.as_dict(), diameter_source=source,
-                                  do_3d=bool(do_3d and sdim == 3), rescale=rescale)
-    opts: dict[str, Any] = {"bsize": bsize, "tile_overlap": tile_overlap, "batch_size": batch_size,
-            "augment": augment, "whole_max": int(whole_max), "pad_extra": int(pad_extra),
-            "progress": progress, "cancel": cancel}
+                                  do_3d=bool(do_3d and sdim == 3), rescale=rescale, **estimate)
+    if kept is not None:  # the estimate's own pass was at this diameter: its flows are final
+        del x
+        flows = np.ascontiguousarray(kept.y[:2]) * np.float32(0.2)
+        cellprob, styles = np.ascontiguousarray(kept.y[2]), kept.style
+        masks = (kept.masks if mask == kept.params else
+                 compute_masks(flows, cellprob, mask, progress=progress, cancel=cancel))
+        return Segmentation(masks=masks, flows=flows, cellprob=cellprob, styles=styles,
+                            diameter=float(diameter), params=params)
     if sdim == 3 and do_3d:
         flows, cellprob, styles = run_3d(model, x, rescale, anisotropy=anisotropy, **opts)
         del x  # free the normalised volume before the 3D dynamics
