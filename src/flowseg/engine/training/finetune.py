@@ -21,7 +21,7 @@ from ..network.tiling import run_tiled
 from ..progress import report
 from .budget import TimeBudget
 from .prep import SampleSet
-from .quickcheck import check_model, make_check_set
+from .quickcheck import MIN_GAIN, check_model, make_check_set
 from .validate import validate
 
 __all__ = ["make_scorer", "outcome", "reserve_time"]
@@ -121,9 +121,15 @@ def outcome(loop, checked: bool, prefix: str) -> tuple[bool, str]:
         return False, ("training was cancelled before the trained model could be checked, so "
                        "the start model's weights were kept")
     best_trained = max((aps[e] or 0.0 for e in trained), default=0.0)
-    return False, (f"the fine-tuned model was not better than the start model on {what} "
-                   f"(AP@0.5 {best_trained:.3f} against {start_ap}), so the start model's "
-                   "weights were kept; try more corrected images, or a longer time budget")
+    if prefix == "check" and best_trained > float(aps.get(0) or 0.0):
+        why = (f"the fine-tuned model was only slightly better than the start model on {what} "
+               f"(AP@0.5 {best_trained:.3f} against {start_ap}; it must gain {MIN_GAIN:.2f}, "
+               "a smaller gain on the images trained on is likely not to hold on others)")
+    else:
+        why = (f"the fine-tuned model was not better than the start model on {what} "
+               f"(AP@0.5 {best_trained:.3f} against {start_ap})")
+    return False, (f"{why}, so the start model's weights were kept; try more corrected "
+                   "images, or a longer time budget")
 
 
 def _ap(v: float | None) -> str:

@@ -30,9 +30,11 @@ import torch
 from ..inference.base import device_name
 from ..inference.size import calibrate_size_model, fit_size_model
 from ..inference.zoo import training_style
+from ..progress import Cancelled
 from .prep import SampleSet
 
-__all__ = ["SIZE_VIEWS", "finish_model", "fit_size", "size_views", "training_diameter"]
+__all__ = ["SIZE_VIEWS", "finish_model", "fit_size", "images_style", "size_views",
+           "training_diameter"]
 
 #: a model without a size model gets a new regression only from this many 2D samples
 MIN_SAMPLES_NEW_SIZE_MODEL = 16
@@ -109,10 +111,16 @@ def _size_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: di
         return start_size_model
 
 
-def _style(images: Sequence[np.ndarray], cfg: dict) -> dict | None:
-    """Style centroid of the training images (None, with a warning, if it cannot be made)."""
+def images_style(images: Sequence[np.ndarray], channels=None, cancel=None) -> dict | None:
+    """Style centroid of the training images (None, with a warning, if it cannot be made).
+
+    It depends on the images only (the zoo's fixed reference networks), so :func:`train`
+    computes it before training, inside its time budget.
+    """
     try:
-        return training_style(images, channels=cfg.get("channels"))
+        return training_style(images, channels=channels, cancel=cancel)
+    except Cancelled:
+        raise
     except Exception as exc:  # noqa: BLE001 - the model is still good without a centroid
         warnings.warn(f"no style centroid stored (the model is left out of --model auto): "
                       f"{exc}", stacklevel=4)
@@ -122,7 +130,7 @@ def _style(images: Sequence[np.ndarray], cfg: dict) -> dict | None:
 def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: dict, hist: dict,
                  best: dict | None, *, cancelled: bool, epochs_done: int, seconds: float,
                  progress=None, start_size_model: dict | None = None, improved: bool = True,
-                 note: str = "", images: Sequence[np.ndarray] | None = None) -> None:
+                 note: str = "", style: dict | None = None) -> None:
     """Write the training record, ``diam_labels``, ``diam_train`` and the size model into
     ``model.meta`` (see the module text).
 
@@ -132,10 +140,10 @@ def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: d
         The start model's size model, for a checked fine-tune: kept, offset re-fitted.
     improved, note : bool, str
         The outcome of a checked fine-tune (:func:`flowseg.engine.training.finetune.outcome`).
-    images : sequence of np.ndarray, optional
-        The raw training images: their style centroid
-        (:func:`flowseg.engine.inference.zoo.training_style`) replaces the start model's
-        ``meta["style"]``, for ``--model auto``.
+    style : dict, optional
+        The style centroid of the training images (:func:`images_style`); it replaces the
+        start model's ``meta["style"]`` (None removes it: a fine-tuned model must not claim
+        its start's centroid), for ``--model auto``.
     """
     d = samples.diameters
     diam_labels = float(np.mean(d[d > 0])) if np.any(d > 0) else float(model.diam_mean)
@@ -173,5 +181,4 @@ def finish_model(model, samples: SampleSet, labels: Sequence[np.ndarray], cfg: d
     meta.pop("path", None)
     sm = _size_model(model, samples, labels, cfg, start_size_model, progress)
     meta["size_model"] = sm
-    if images is not None and len(images):
-        meta["style"] = _style(images, cfg)
+    meta["style"] = style

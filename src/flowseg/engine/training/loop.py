@@ -62,6 +62,9 @@ class TrainLoop:
     warmup_scores : bool
         Whether states from the warm-up may be scored (and kept): not for a fine-tune,
         whose start model is the first candidate.
+    min_gain : float
+        How much higher a trained state's first score (AP@0.5 of the quick check) must be
+        than the start model's (epoch 0) to replace it (0: strictly better).
     """
 
     net: torch.nn.Module
@@ -80,6 +83,7 @@ class TrainLoop:
     rng: np.random.Generator
     hist: dict
     warmup_scores: bool = True
+    min_gain: float = 0.0
     best: dict | None = None
     epoch: int = 0
     step: int = 0
@@ -149,10 +153,20 @@ class TrainLoop:
         self.hist[f"{self.prefix}_loss"].append(loss)
         self.hist[f"{self.prefix}_ap"].append(ap)
         self.scored_step = self.step
-        if self.best is None or list(key) > list(self.best["score"]):
+        if self.best is None or self._beats(list(key)):
             self.best = {"epoch": int(epoch), "score": list(key),
                          "state_dict": {k: v.detach().clone()
                                         for k, v in self.net.state_dict().items()}}
+
+    def _beats(self, key: list) -> bool:
+        """Whether ``key`` beats the best so far; against a fine-tune's start model (epoch 0)
+        its first entry (the check's AP@0.5) must be higher by ``min_gain``."""
+        best = list(self.best["score"]) if self.best is not None else None
+        if best is None:
+            return True
+        if self.min_gain > 0 and int(self.best["epoch"]) == 0:
+            return key[0] >= best[0] + self.min_gain
+        return key > best
 
     def _due(self, epoch_done: int) -> bool:
         if self.scorer is None or (not self.warmup_scores and self.step < self._warmup()):

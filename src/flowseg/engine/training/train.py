@@ -38,9 +38,10 @@ from .batches import BatchMaker
 from .budget import TimeBudget
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .finetune import make_scorer, outcome, reserve_time
-from .finish import finish_model, size_views
+from .finish import finish_model, images_style, size_views
 from .loop import TrainLoop
 from .prep import prepare_samples
+from .quickcheck import MIN_GAIN
 from .schedule import RECIPES, lr_schedule, make_optimizer, resolve_recipe
 from .start import TrainResult, base_scales, check_writable, resolve_model
 
@@ -256,6 +257,7 @@ def train(
 
     # a fine-tune from a trained model is checked: scored before training, kept if not beaten
     checked = cfg["recipe"] == "finetune" and model.meta.get("source") != "new"
+    style = images_style(images, channels, cancel)  # before the budget's training time
     scorer, prefix = make_scorer(model, samples, labels, scales, val, val_images, val_labels,
                                  checked=checked, crop=crop, rescale=rescale,
                                  channels=channels, seed=seed, progress=progress,
@@ -271,6 +273,7 @@ def train(
                      n_per_epoch=nper, epochs=n_epochs, lrs=lrs, warmup_steps=warm_steps,
                      budget=budget, scorer=scorer, prefix=prefix, val_every=vevery, rng=rng,
                      hist=hist, warmup_scores=not checked, best=best,
+                     min_gain=MIN_GAIN if checked and prefix == "check" else 0.0,
                      checkpoint_every=checkpoint_every,
                      progress=progress, cancel=cancel)
 
@@ -307,7 +310,7 @@ def train(
         finish_model(model, samples, labels, cfg, hist, loop.best, cancelled=loop.cancelled,
                      epochs_done=loop.epoch, seconds=time.monotonic() - t_start,
                      progress=progress, start_size_model=start_size_model,
-                     improved=improved, note=note, images=images)
+                     improved=improved, note=note, style=style)
     finally:
         torch.set_num_threads(old_threads)
     if save_path is not None:
