@@ -85,16 +85,10 @@ def read_seg_layers(path: Any) -> list:
 
 def read_label_image(path: Any) -> list:
     """A ``*_masks.tif`` / ``*_masks.png`` label image as a Labels layer."""
+    from .engine.io.images import read_image
+
     p = _one_path(path)
-    if p.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        data = tifffile.imread(p)
-    else:
-        from skimage.io import imread
-
-        data = imread(p)
-    data = np.asarray(data)
+    data = read_image(p)  # a corrupt file: one FileReadError naming it
     if data.dtype.kind not in "iub":
         raise ValueError(f"{p!r} is not a label image: its pixels are {data.dtype}, "
                          "expected integers")

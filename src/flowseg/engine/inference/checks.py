@@ -264,17 +264,20 @@ def check_diameter(diameter: Any, spatial_shape: Optional[Sequence[int]] = None
 
 
 def check_work_size(spatial_shape: Sequence[int], diameter: float, diam_mean: float,
-                    zf: float = 1.0) -> None:
-    """Refuse a diameter that would blow the image up beyond :data:`MAX_WORK_PIXELS`
-    (``zf``: the z zoom of a 3D run)."""
+                    z_zoom: float = 1.0) -> None:
+    """Refuse a diameter below 1 pixel, or one that would blow the image up beyond
+    :data:`MAX_WORK_PIXELS` at the model's object size (``z_zoom``: the z zoom of a 3D
+    run)."""
     rescale = diam_mean / diameter
-    n = float(np.prod(spatial_shape[-2:])) * rescale ** 2
+    # in logs: an absurd diameter (1e-300) must not overflow the arithmetic
+    log_n = math.log(max(1, math.prod(spatial_shape[-2:]))) + 2 * math.log(rescale)
     if len(spatial_shape) == 3:
-        n *= spatial_shape[0] * zf
-    if n > MAX_WORK_PIXELS:
+        log_n += math.log(max(1, spatial_shape[0])) + math.log(max(z_zoom, 1e-300))
+    if diameter < 1.0 or log_n > math.log(MAX_WORK_PIXELS):
+        size = f"{math.exp(log_n) / 1e6:.0f} M pixels" if log_n < 700 else "beyond any memory"
         raise InputError(f"diameter={diameter:g} would resize the image by {rescale:.3g}x (to "
-                         f"{n / 1e6:.0f} M pixels) to reach the model's {diam_mean:g}-pixel "
-                         "objects; check the diameter (it is in pixels of this image)")
+                         f"{size}) to reach the model's {diam_mean:g}-pixel objects; check "
+                         "the diameter (it is in pixels of this image, at least 1)")
 
 
 def check_mask_params(**values: Any) -> MaskParams:
@@ -326,7 +329,7 @@ def check_segment_input(model: Any, image: Any, *, channels: Optional[Sequence] 
                        nchan=int(getattr(model, "nchan", 2)))
     empty = bool(info.nothing_to_segment())  # no cell: the result is empty at any size
     d = check_diameter(diameter, None if empty else info.spatial_shape)
-    if d is not None and not empty:
+    if d is not None:
         zf = float(anisotropy or 1.0) * model.diam_mean / d \
             if (info.spatial_ndim == 3 and do_3d) else 1.0
         check_work_size(info.spatial_shape, d, model.diam_mean, zf)

@@ -217,8 +217,10 @@ def write_labels(path: str | os.PathLike, masks: np.ndarray, fmt: str | None = N
     if m.dtype.kind not in "iub" or m.ndim not in (2, 3):
         raise InputError(f"labels must be a 2D or 3D integer array, got {m.dtype} with shape "
                          f"{m.shape}")
-    nmax = int(m.max(initial=0))
-    if m.size and int(m.min()) < 0:
+    if m.size == 0:
+        raise InputError(f"labels are empty (shape {m.shape}): nothing to write")
+    nmax = int(m.max())
+    if int(m.min()) < 0:
         raise InputError("labels hold negative values; they cannot be written as a label "
                          "image")
     if fmt == "png" and (m.ndim != 2 or nmax > 65535):
