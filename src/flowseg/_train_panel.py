@@ -76,7 +76,10 @@ class TrainSection(Container):
         super().__init__(labels=True)
         self.owner, self.get_set = owner, get_set
         self.budget = FloatSpinBox(label="time budget (min)", min=0.05, max=600.0, step=0.5,
-                                   value=5.0, tooltip="training stops after this long at most")
+                                   value=2.0,
+                                   tooltip="the whole training (preparation, training, checks, "
+                                   "saving) ends within this time; 2 min is enough for a few "
+                                   "corrected images on a laptop CPU")
         self.model_name = LineEdit(label="new model name", value="")
         self._suggested = ""  # the last name proposed by suggest_name
         self.train_btn = PushButton(text="Train on the training set")
