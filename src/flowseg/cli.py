@@ -83,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+    except (ValueError, OSError) as exc:  # our InputErrors, missing / unwritable paths
         print(f"flowseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
