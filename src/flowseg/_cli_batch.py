@@ -89,7 +89,7 @@ def failure_reason(exc: BaseException) -> str:
 
     if isinstance(exc, FileReadError):
         return f"cannot read this file: {short_reason(ValueError(exc.reason), 400)}"
-    if isinstance(exc, (InputError, OSError)):
+    if isinstance(exc, (InputError, ValueError, OSError)):  # messages meant for users
         return short_reason(exc, 400)
     return f"{type(exc).__name__}: {short_reason(exc, 300)}"
 

@@ -268,6 +268,8 @@ def _run_block_job(args: argparse.Namespace, job: BlockJob, model: Any, cluster:
             and not data.is_dir():
         data = read_image(data)
     diameter = args.diameter if args.diameter and args.diameter > 0 else None
+    import tifffile
+
     try:
         res = segment_blocks(
             data, model, block_size=args.block_size, overlap=args.overlap, diameter=diameter,
@@ -275,6 +277,10 @@ def _run_block_job(args: argparse.Namespace, job: BlockJob, model: Any, cluster:
             overwrite=args.overwrite, cluster=cluster, skip_below=args.skip_below,
             progress=bars, augment=args.augment, batch_size=args.batch_size,
             **mask_params(args).as_dict(), **kw)
+    except tifffile.TiffFileError as exc:  # a corrupt TIFF found while reading its blocks
+        from .engine.errors import FileReadError, short_reason
+
+        raise FileReadError(job.label, f"corrupt TIFF file ({short_reason(exc)})") from None
     finally:
         bars.close()
     where = res.path if res.label_name is None else \
