@@ -23,6 +23,15 @@ flowseg training checkpoint; or ``random``.
 Usage::
 
     python benchmarks/bench_segment.py --peer "$(bash /work/shared/tools/peer_env.sh)"
+
+``--real``: the default path on real ~1 MP images instead (see :func:`real_images`): for each
+bundled model and image, ``Model.segment(image)`` (diameter estimated) next to
+``Model.segment(image, diameter=<that estimate>)``, interleaved, best of ``--runs``; the
+estimate, whether the estimate's own pass was kept, AP@0.5 of both against the image's
+labels; with ``--peer`` also Cellpose 3.1's ``models.Cellpose.eval(diameter=None)`` path
+(``SizeModel.eval`` then ``eval``) with the same weights and our size model::
+
+    python benchmarks/bench_segment.py --real --runs 2 [--peer PEER_PYTHON] [--json out.json]
 """
 
 from __future__ import annotations
@@ -128,7 +137,15 @@ def main() -> int:
                     help="3D dynamics of our timed runs (Model.segment(sampling=...))")
     ap.add_argument("--volumes", type=int, default=6,
                     help="3D volumes whose masks are compared (the first is timed)")
+    ap.add_argument("--real", action="store_true",
+                    help="default (estimated diameter) vs given diameter on real images")
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get(
+        "FLOWSEG_DATA", HERE.parents[1] / "shared" / "data")), help="shared data folder")
+    ap.add_argument("--models", nargs="+", default=["nuclei", "cyto"])
+    ap.add_argument("--json", type=Path, help="--real: also write the rows here")
     a = ap.parse_args()
+    if a.real:
+        return run_real(a)
     model, desc = load_weights(a.weights)
     if a.peer and model.net.nbase[1] != 32:
         small = model
@@ -201,6 +218,115 @@ def agreement_3d(model: Model, wpath: Path, td: Path, a, seg0, ref0) -> None:
               f"32x128x128 (seeds 0-{a.volumes - 1}, {int(st.n_true.sum())} reference "
               f"objects): AP@0.5/0.9 per volume {per}; pooled AP@0.5 {pooled[0]:.3f} "
               f"AP@0.9 {pooled[1]:.3f}", flush=True)
+
+
+#: real ~1 MP images per bundled model (names in ``--data``): the Data Science Bowl images of
+#: about 1 MP (brightfield 1024 x 1024, one fluorescence 1040 x 1388) for ``nuclei``, the six
+#: held-out Usiigaci phase-contrast images (1022 x 1024) for ``cyto``
+REAL = {
+    "nuclei": [f"dsb2018/train/{n}.png" for n in (
+        "08275a5b1c2dfcd7", "1a11552569160f0b", "4217e25defac94ff", "8d05fb18ee0cda10",
+        "c901794d1a421d52")],
+    "cyto": [f"usiigaci/train/set{k:02d}.tif" for k in (1, 8, 16, 21, 28, 34)],
+}
+
+
+def real_images(data: Path, name: str):
+    """``(file name, 2D gray float32 image, int32 labels)`` of :data:`REAL` ``[name]``."""
+    import imageio.v3 as iio
+    import tifffile
+
+    for rel in REAL[name]:
+        path = data / rel
+        img = tifffile.imread(path) if path.suffix == ".tif" else iio.imread(path)
+        img = np.asarray(img, np.float32)
+        if img.ndim == 3:  # RGB(A): the mean of R, G, B (what channels=None uses)
+            img = img[..., :3].mean(-1)
+        lab = iio.imread(path.with_name(path.stem + "_masks.png")).astype(np.int32)
+        yield path.name, img, lab
+
+
+def size_model_for_cellpose(model: Model, path: Path, width: int = 32) -> Path:
+    """Our size model as a Cellpose ``SizeModel`` file (style padded with zeros to ``8 * width``,
+    ``exp(A . (s - smean) + log(diam_mean) + ymean)`` = ``exp(A . s + b)``)."""
+    sm = model.size_model
+    A = np.zeros(8 * width, np.float64)
+    A[:len(sm["A"])] = sm["A"]
+    params = {"A": A, "smean": np.zeros_like(A), "diam_mean": model.diam_mean,
+              "ymean": float(sm["b"]) - float(np.log(model.diam_mean))}
+    np.save(path, params, allow_pickle=True)
+    return path
+
+
+def run_real(a) -> int:
+    """``--real``: default path vs given diameter (and Cellpose 3.1's size path) per image."""
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    with tempfile.TemporaryDirectory() as td:
+        for name in a.models:
+            model = Model.load(name)
+            warm = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+            model.segment(warm, diameter=model.diam_mean)  # numba compilation, net copy
+            peer = None
+            if a.peer:
+                big = embed_width(model, 32)
+                peer = (big.export_cellpose(Path(td) / f"{name}_cp"),
+                        size_model_for_cellpose(model, Path(td) / f"{name}_size.npy"))
+            for fname, img, lab in real_images(a.data, name):
+                t_def, t_giv = [], []
+                for _ in range(a.runs):  # interleaved: both see the same machine load
+                    t0 = time.perf_counter()
+                    seg = model.segment(img)
+                    t_def.append(time.perf_counter() - t0)
+                    est = float(seg.params.get("diameter_estimate", seg.diameter))
+                    t0 = time.perf_counter()
+                    giv = model.segment(img, diameter=est)
+                    t_giv.append(time.perf_counter() - t0)
+                ap_def, ap_giv = (float(average_precision(lab, s.masks, thresholds=(0.5,))[0])
+                                  for s in (seg, giv))
+                row = {"model": name, "image": fname, "shape": list(img.shape),
+                       "estimate": est, "segmented_at": float(seg.diameter),
+                       "size_model": seg.params.get("diameter_size_model"),
+                       "kept": seg.params.get("estimate_pass_kept"),
+                       "t_default": min(t_def), "t_given": min(t_giv),
+                       "ap_default": ap_def, "ap_given": ap_giv}
+                line = (f"{name} {fname} {img.shape[0]}x{img.shape[1]}: estimate "
+                        f"{est:.1f} px (size model {row['size_model'] or float('nan'):.1f}, "
+                        f"pass kept: {row['kept']}) | default {row['t_default']:.2f} s, given "
+                        f"{row['t_given']:.2f} s, x{row['t_default'] / row['t_given']:.2f} | "
+                        f"AP@0.5 {ap_def:.3f} / {ap_giv:.3f}")
+                if peer is not None:
+                    ipath = Path(td) / "real.npy"
+                    np.save(ipath, img)
+                    r = subprocess.run(
+                        [a.peer, str(HERE / "peer_segment.py"), str(peer[0]), str(ipath),
+                         str(ipath.with_suffix(".peer.npz")), "--runs", str(a.runs),
+                         "--size", str(peer[1]), "--channels", "0", "0"],
+                        capture_output=True, text=True)
+                    if r.returncode != 0:
+                        raise RuntimeError(f"reference run failed:\n{r.stderr[-3000:]}")
+                    info = json.loads(r.stdout.strip().splitlines()[-1])
+                    ref = np.load(ipath.with_suffix(".peer.npz"))["masks"].astype(np.int32)
+                    row.update(t_cellpose=min(info["times"]), d_cellpose=info["diameter"],
+                               ap_cellpose=float(average_precision(lab, ref,
+                                                                   thresholds=(0.5,))[0]))
+                    line += (f" | Cellpose 3.1 diameter=None {row['t_cellpose']:.2f} s "
+                             f"(estimate {row['d_cellpose']:.1f} px, AP@0.5 "
+                             f"{row['ap_cellpose']:.3f}), speed-up "
+                             f"x{row['t_cellpose'] / row['t_default']:.2f}")
+                print(line, flush=True)
+                rows.append(row)
+    for name in a.models:
+        r = [x for x in rows if x["model"] == name]
+        tot_d, tot_g = sum(x["t_default"] for x in r), sum(x["t_given"] for x in r)
+        print(f"{name}: {len(r)} images, default {tot_d:.1f} s / given {tot_g:.1f} s = "
+              f"x{tot_d / tot_g:.2f}; mean AP@0.5 {np.mean([x['ap_default'] for x in r]):.3f}"
+              f" / {np.mean([x['ap_given'] for x in r]):.3f}", flush=True)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

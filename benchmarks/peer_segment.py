@@ -29,6 +29,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--diameter", type=float, default=30.0)
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed first run")
+    ap.add_argument("--size", help="a Cellpose size-model file (A, smean, diam_mean, ymean): "
+                    "estimate the diameter as models.Cellpose.eval(diameter=None) does "
+                    "(SizeModel.eval: style pass, one segmentation at the style's diameter, "
+                    "median mask diameter), then segment at it; --diameter is ignored")
+    ap.add_argument("--channels", type=int, nargs=2, default=[1, 2],
+                    help="Cellpose channels (1-based, 0 = gray), default 1 2")
     a = ap.parse_args()
     sd = torch.load(a.weights, map_location="cpu", weights_only=True)
     nbase = [int(sd["downsample.down.res_down_0.conv.conv_0.2.weight"].shape[1])]
@@ -50,19 +56,33 @@ def main() -> None:
     model.diam_mean = float(sd["diam_mean"])
     model.diam_labels = float(sd["diam_labels"])
     img = np.load(a.image)
-    kw = {"channels": [1, 2], "diameter": a.diameter, "channel_axis": img.ndim - 1}
+    kw = {"channels": list(a.channels), "diameter": a.diameter,
+          "channel_axis": img.ndim - 1 if img.ndim > 2 else None}
     if a.do_3d:
         kw.update(do_3D=True, z_axis=0)
+    sz = None
+    if a.size:
+        # our size model reads the style at the image's own scale: no diam_labels rescale
+        model.diam_labels = model.diam_mean
+        sz = models.SizeModel(model, pretrained_size=a.size)
+
+    def run():
+        if sz is None:
+            return model.eval(img, **kw), a.diameter
+        d, _ = sz.eval(img, channels=kw["channels"], channel_axis=kw["channel_axis"])
+        return model.eval(img, **{**kw, "diameter": float(d)}), float(d)
+
     if not a.no_warmup:
-        model.eval(img, **kw)  # warm-up (numba compilation etc.)
+        run()  # warm-up (numba compilation etc.)
     times = []
     for _ in range(a.runs):
         t0 = time.perf_counter()
-        masks, flows, styles = model.eval(img, **kw)
+        (masks, flows, styles), diameter = run()
         times.append(time.perf_counter() - t0)
     np.savez_compressed(a.out, masks=masks, dP=flows[1], cellprob=flows[2], styles=styles)
     print(json.dumps({"times": times, "mkldnn": bool(model.mkldnn), "nbase": nbase,
-                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+                      "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "diameter": diameter}))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,14 @@ dynamics turn into masks.  With ``anisotropy`` (z step / xy pixel size) the volu
 stretched along z before the passes and the outputs are resized back.
 
 Memory: slices are processed in slabs of a few planes, so besides the input and one float32
-accumulator of shape ``(4, Z, Y, X)`` (flows + logit at the model's scale) only a slab's
-worth of tiles is alive at any time.
+accumulator of shape ``(4, Z, Y, X)`` (flows + logit at the model's scale) only a few slabs'
+worth of tiles are alive at any time.
+
+Speed: the slabs are independent, so they run on single-threaded workers
+(:mod:`flowseg.engine.inference.workers`: one per PyTorch thread, at most 4), which keeps a
+small shared CPU busy better than one multi-threaded call per slab; the outputs are summed
+in the calling thread, in the same order as before: results are those of one thread per
+slab to float rounding (~1e-6; the masks of the benchmark volumes are identical).
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..network.tiling import run_tiled
+from ..network.tiling import inference_net, run_tiled
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .base import ModelBase
 from .transforms import resize_image
+from .workers import threaded_map, worker_count
 
 __all__ = ["run_3d", "resize_volume"]
 
@@ -93,38 +100,41 @@ def run_3d(model: ModelBase, x: np.ndarray, rescale: float, *, anisotropy: Optio
     style_sum: Optional[np.ndarray] = None
     opts: dict[str, Any] = {"bsize": bsize, "tile_overlap": tile_overlap, "batch_size": batch_size,
             "augment": augment, "whole_max": whole_max, "pad_extra": pad_extra, "cancel": cancel}
-    # pass 0: YX planes (index z) -> (n, 3, Y, X): dY, dX, p
-    for a in range(0, Zr, slab):
+    # (orientation, first plane): 0 = YX planes (index z), 1 = ZX (index y), 2 = ZY (index x)
+    jobs = ([(0, a) for a in range(0, Zr, slab)] + [(1, a) for a in range(0, Yr, slab)]
+            + [(2, a) for a in range(0, Xr, slab)])
+    inference_net(model.net)  # build the cached inference copy once, before the workers
+
+    def work(job: tuple[int, int], xr: np.ndarray = xr
+             ) -> tuple[int, int, np.ndarray, np.ndarray]:
+        k, a = job
         check_cancel(cancel)
-        y, st = run_tiled(model.net, xr[a:a + slab], **opts)
-        acc[1, a:a + slab] += y[:, 0]
-        acc[2, a:a + slab] += y[:, 1]
-        acc[3, a:a + slab] += y[:, 2]
-        s = st.sum(0)
-        style_sum = s if style_sum is None else style_sum + s
+        planes = (xr[a:a + slab] if k == 0 else xr[:, a:a + slab].transpose(1, 0, 2, 3)
+                  if k == 1 else xr[:, :, a:a + slab].transpose(2, 0, 1, 3))
+        y, st = run_tiled(model.net, planes, **opts)
+        return k, a, y, st
+
+    for k, a, y, st in threaded_map(work, jobs, worker_count(len(jobs))):
+        b = a + y.shape[0]
+        if k == 0:  # (n, 3, Y, X): dY, dX, p
+            acc[1, a:b] += y[:, 0]
+            acc[2, a:b] += y[:, 1]
+            acc[3, a:b] += y[:, 2]
+            s = st.sum(0)
+            style_sum = s if style_sum is None else style_sum + s
+        elif k == 1:  # (n, 3, Z, X): dZ, dX, p
+            yt = y.transpose(1, 2, 0, 3)  # (3, Z, n, X)
+            acc[0, :, a:b] += yt[0]
+            acc[2, :, a:b] += yt[1]
+            acc[3, :, a:b] += yt[2]
+        else:  # (n, 3, Z, Y): dZ, dY, p
+            yt = y.transpose(1, 2, 3, 0)  # (3, Z, Y, n)
+            acc[0, :, :, a:b] += yt[0]
+            acc[1, :, :, a:b] += yt[1]
+            acc[3, :, :, a:b] += yt[2]
         done += y.shape[0]
-        report(progress, "network", done, total, "YX slices")
-    # pass 1: ZX planes (index y) -> (n, 3, Z, X): dZ, dX, p
-    for a in range(0, Yr, slab):
-        check_cancel(cancel)
-        y, _ = run_tiled(model.net, xr[:, a:a + slab].transpose(1, 0, 2, 3), **opts)
-        y = y.transpose(1, 2, 0, 3)  # (3, Z, n, X)
-        acc[0, :, a:a + slab] += y[0]
-        acc[2, :, a:a + slab] += y[1]
-        acc[3, :, a:a + slab] += y[2]
-        done += y.shape[2]
-        report(progress, "network", done, total, "ZX slices")
-    # pass 2: ZY planes (index x) -> (n, 3, Z, Y): dZ, dY, p
-    for a in range(0, Xr, slab):
-        check_cancel(cancel)
-        y, _ = run_tiled(model.net, xr[:, :, a:a + slab].transpose(2, 0, 1, 3), **opts)
-        y = y.transpose(1, 2, 3, 0)  # (3, Z, Y, n)
-        acc[0, :, :, a:a + slab] += y[0]
-        acc[1, :, :, a:a + slab] += y[1]
-        acc[3, :, :, a:a + slab] += y[2]
-        done += y.shape[3]
-        report(progress, "network", done, total, "ZY slices")
-    del xr
+        report(progress, "network", done, total, ("YX", "ZX", "ZY")[k] + " slices")
+    del xr, work  # free the resized volume before the resize back and the dynamics
     acc[:3] *= np.float32(1.0 / (2 * 5.0))  # mean of two passes, 5x flows -> unit flows
     acc[3] *= np.float32(1.0 / 3.0)
     if (Zr, Yr, Xr) != (Z, Y, X):
