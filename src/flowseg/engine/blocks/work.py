@@ -102,7 +102,19 @@ class BlockOutcome:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (0 where the OS does not say)."""
+    """Peak resident memory of this process in MiB (0 where the OS does not say).
+
+    On Linux the high-water mark of this process's own memory (``VmHWM``): ``ru_maxrss``
+    survives ``exec``, so a worker process started (fork + exec) by a big parent -- a test
+    run, a notebook -- would report the parent's size at the fork as its own peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
