@@ -7,6 +7,7 @@ images (AP@0.5 / 0.75 of blockwise against in-memory, objects split at block fac
 
     python benchmarks/bench_blocks.py                          # 4096^2 synthetic nuclei
     python benchmarks/bench_blocks.py --workers 1 2            # also the 1-worker throughput
+    python benchmarks/bench_blocks.py --workers 1x1 1x2 2x1    # workers x threads per worker
     python benchmarks/bench_blocks.py --source dsb2018 --data ../shared/data/dsb2018/train
 
 ``--source dsb2018`` tiles 256 x 256 crops of the real fluorescence nuclei images of the
@@ -99,7 +100,8 @@ def child_blocks(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     res = segment_blocks(args.image, model, block_size=args.block_size, diameter=args.diameter,
                          out=args.out, overwrite=True,
-                         cluster=ClusterOptions(workers=args.workers[0]))
+                         cluster=ClusterOptions(workers=args.workers[0],
+                                                threads=args.threads))
     dt = time.perf_counter() - t0
     return {"seconds": dt, "stages": res.seconds, "worker_peak_rss_mb": res.peak_rss_mb,
             "client_peak_rss_mb": _peak_mb(), "n_objects": res.n_objects,
@@ -123,13 +125,16 @@ def main() -> None:
     p.add_argument("--model", default="nuclei")
     p.add_argument("--diameter", type=float, default=17.0)
     p.add_argument("--block-size", type=int, default=1024)
-    p.add_argument("--workers", type=int, nargs="+", default=[2])
+    p.add_argument("--workers", nargs="+", default=["2"],
+                   help="runs: W workers (threads: cores / W) or WxT (T threads per worker)")
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("--child", choices=("inmemory", "blocks"), help=argparse.SUPPRESS)
     p.add_argument("--image", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        args.workers = [int(args.workers[0])]
         fn = child_inmemory if args.child == "inmemory" else child_blocks
         print(json.dumps(fn(args)))
         return
@@ -154,10 +159,13 @@ def main() -> None:
         print(f"image {report['image']}; in-memory run ...", file=sys.stderr)
         report["inmemory"] = _child("inmemory", args, image=npy, out=Path(tmp) / "m.npy")
         ref = np.load(Path(tmp) / "m.npy")
-        for w in args.workers:
-            print(f"blockwise run, {w} worker(s) ...", file=sys.stderr)
-            out = Path(tmp) / f"b{w}.zarr"
-            r = _child("blocks", args, image=zin, out=out, workers=w)
+        for spec in args.workers:
+            w, _, t = str(spec).partition("x")
+            print(f"blockwise run, {w} worker(s), threads {t or 'cores / workers'} ...",
+                  file=sys.stderr)
+            out = Path(tmp) / f"b{spec}.zarr"
+            extra = {"workers": w} | ({"threads": t} if t else {})
+            r = _child("blocks", args, image=zin, out=out, **extra)
             lab = np.asarray(zarr.open_array(str(out), mode="r"))
             ap = average_precision(ref, lab, thresholds=(0.5, 0.75, 0.9))
             plan = make_plan(img.shape, args.block_size, diameter=args.diameter)
@@ -165,7 +173,7 @@ def main() -> None:
             r.update(ap_vs_inmemory=[round(float(a), 4) for a in ap],
                      crossing_faces=fs.crossing, split_at_faces=fs.split,
                      split_fraction=round(fs.fraction, 5))
-            report[f"blocks_{w}"] = r
+            report[f"blocks_{spec}"] = r
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
