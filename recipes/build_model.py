@@ -75,8 +75,9 @@ def main(argv=None) -> int:
     cfg = dict(stages[k - 1])
     if args.epochs and k == 1:  # as before: --epochs sets the first stage's length
         cfg["epochs"] = args.epochs
-    start = None if k == 1 else stage_out(k - 1)
-    if start is not None and not start.exists():
+    # stage 1 starts from the recipe's "start" model (a bundled name or a path), or anew
+    start = cfg.get("start") if k == 1 else stage_out(k - 1)
+    if k > 1 and not start.exists():
         p.error(f"stage {k} starts from {start}, which does not exist: run stage {k - 1} first")
     if cfg.get("widen") and cfg.get("average"):
         p.error(f"stage {k} both widens and averages with its start; the two do not mix")
@@ -143,6 +144,8 @@ def main(argv=None) -> int:
         # stage with single-stream crops (workers 0) keeps them
         workers=cfg.get("workers", 0) if args.workers is None or not cfg.get("workers")
         else args.workers,
+        intensity=cfg.get("intensity"),  # intensity augmentation (None: off)
+        scale_range=cfg.get("scale_range"),
     )
     if not res.cancelled and (cfg.get("average") or cfg.get("half")):
         model = res.model

@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from flowseg.engine.data.modalities import make_modality_sample
 from flowseg.engine.data.synthetic import make_sample
 from flowseg.engine.io.datasets import load_folder
+from flowseg.engine.training.intensity import stain_gray
+from flowseg.engine.training.prep import median_diameter
 
 SPLITS = Path(__file__).resolve().parent / "splits"
 
@@ -48,7 +51,34 @@ RECIPES: dict[str, dict[str, Any]] = {
         "width": 16, "diam_mean": 30.0, "channels": (0, 1), "n_per_epoch": 256, "val_every": 10,
         "seed": 30, "checkpoint_every": 3.0,
     },
+    # Generalists (issue 19): everything we may use, intensity augmentation
+    # (flowseg.engine.training.intensity, default settings), zoom 0.5-2x, stain-colour jitter
+    # of the RGB images at loading, varied synthetic looks (engine/data/modalities.py).
+    # Sized for ~8 min of training each, both at once on one H100/H200 (gpu_generalist.py
+    # measures the rate first and passes --epochs); written to runs/, never over the
+    # bundled files unless --out says so.
+    "nuclei_generalist": {
+        # the bundled nuclei model trained on (SGD, as its stage 2) with the new augmentation
+        "recipe": "finetune", "start": "nuclei", "optimizer": "sgd", "learning_rate": 0.02,
+        "warmup": 3, "epochs": 60, "batch_size": 8, "crop": 224, "width": 32,
+        "diam_mean": 17.0, "channels": None, "n_per_epoch": 1024, "val_every": 10,
+        "seed": 90, "checkpoint_every": 1.0, "oversample": 3, "half": True, "workers": 7,
+        "intensity": "default", "scale_range": (0.67, 1.5), "stain_jitter": 0.3,
+        "synthetic": 64,
+    },
+    "cyto_generalist": {
+        # width 32 from random weights: Usiigaci whole cells, all DSB nuclei kinds (as
+        # Cellpose's cyto set holds nuclei), synthetic cells of six looks
+        "recipe": "from_scratch", "epochs": 60, "learning_rate": 0.1, "warmup": 5,
+        "batch_size": 8, "crop": 224, "width": 32, "diam_mean": 30.0, "channels": (0, 1),
+        "n_per_epoch": 1024, "val_every": 10, "seed": 91, "checkpoint_every": 1.0,
+        "oversample": 3, "half": True, "workers": 7, "intensity": "default",
+        "scale_range": (0.5, 2.0), "stain_jitter": 0.3, "synthetic": 160,
+    },
 }
+
+#: objects of a "small" DSB image (the ablation's small-object kind): median diameter below
+SMALL_DIAMETER = 12.0
 
 
 def stage_configs(model: str) -> list[dict[str, Any]]:
@@ -108,19 +138,31 @@ def val_names(source: str, names: list[str]) -> list[str]:
     return chosen
 
 
-def load_source(source: str, data: Path) -> dict[str, list]:
-    """Read a shared folder and split it into train / val by the fixed split."""
+def load_source(source: str, data: Path, stain_jitter: float = 0.0, copies: int = 1,
+                seed: int = 0) -> dict[str, list]:
+    """Read a shared folder and split it into train / val by the fixed split.
+
+    With ``stain_jitter`` > 0 each *stained* training image is rendered to gray ``copies``
+    times with random RGB weights (:func:`flowseg.engine.training.intensity.stain_gray`)
+    instead of once with equal weights; validation images are always the plain mean.
+    """
     folder = load_folder(data / source / "train")
     val = set(val_names(source, folder.names))
     out: dict[str, list] = {k: [] for k in ("train_images", "train_labels", "train_names",
                                             "train_kinds", "val_images", "val_labels",
                                             "val_names", "val_kinds")}
+    rng = np.random.default_rng(seed)
     for img, lab, name in zip(folder.images, folder.labels, folder.names):
         part = "val" if name in val else "train"
-        out[f"{part}_kinds"].append(image_kind(img))
-        out[f"{part}_images"].append(to_gray(img))
-        out[f"{part}_labels"].append(lab)
-        out[f"{part}_names"].append(f"{source}/{name}")
+        kind = image_kind(img)
+        grays = [to_gray(img)]
+        if part == "train" and kind == "stained" and stain_jitter > 0:
+            grays = [stain_gray(img, rng, stain_jitter) for _ in range(max(1, copies))]
+        for g in grays:
+            out[f"{part}_kinds"].append(kind)
+            out[f"{part}_images"].append(g)
+            out[f"{part}_labels"].append(lab)
+            out[f"{part}_names"].append(f"{source}/{name}")
     return out
 
 
@@ -168,6 +210,8 @@ def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, 
     quarter of the DSB nuclei images and 40 synthetic cytoplasm + nucleus images, all as
     2-channel (cytoplasm, nucleus or zeros); validated on the held-out Usiigaci images.
     """
+    if model.endswith("_generalist"):
+        return load_generalist(model, data)
     if model == "nuclei":
         return oversample_rare(load_source("dsb2018", data), oversample)
     if model != "cyto":
@@ -194,3 +238,119 @@ def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, 
         "val_images": [_two_channel(x) for x in cells["val_images"]],
         "val_labels": cells["val_labels"], "val_names": cells["val_names"],
     }
+
+
+#: synthetic looks of the generalist recipes (make_sample kinds and modalities.MODALITIES)
+SYNTHETIC_LOOKS = {
+    "cyto_generalist": ("cells", "phase", "phase_halo", "dic", "brightfield", "stained"),
+    "nuclei_generalist": ("nuclei", "stained", "brightfield"),
+}
+
+
+def _synthetic_one(args: tuple) -> tuple[np.ndarray, np.ndarray, str]:
+    look, seed, two_channel, stain_jitter = args
+    rng = np.random.default_rng(seed)
+    nuclear = look in ("nuclei", "stained")
+    d = float(np.exp(rng.uniform(np.log(8.0 if nuclear else 12.0),
+                                 np.log(30.0 if nuclear else 70.0))))
+    side = int(np.clip(9 * d, 192, 448))
+    elong = float(rng.choice([1.0, 1.0, 1.5, 2.5, 3.5])) if not nuclear else 1.0
+    noise, blur = float(rng.uniform(0.3, 2.0)), float(rng.uniform(0.5, 1.8))
+    if look in ("cells", "phase", "nuclei"):
+        s = make_sample(look, (side, side), diameter=d, with_nuclei=two_channel,
+                        elongation=elong, seed=seed, noise=noise, blur=blur)
+    else:
+        s = make_modality_sample(look, (side, side), diameter=d, elongation=elong, seed=seed,
+                                 noise=noise, blur=blur)
+    img = s.image
+    if img.shape[-1] == 3:  # RGB stained tissue: gray with jittered stain weights
+        img = stain_gray(img, rng, stain_jitter)[..., None]
+    if not two_channel:
+        img = img[..., 0]
+    elif img.shape[-1] != 2:
+        img = _two_channel(img[..., 0])
+    return img.astype(np.float32), s.labels, look
+
+
+def synthetic_generalist(model: str, n: int, seed: int, stain_jitter: float = 0.3
+                         ) -> tuple[list, list, list]:
+    """``n`` synthetic images of the model's looks (in turn), varied diameters (8-30 px
+    nuclei, 12-70 px cells), elongation and noise; made in parallel processes.
+
+    Returns images (2-channel for ``cyto_generalist``, gray for ``nuclei_generalist``),
+    labels and looks.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    looks = SYNTHETIC_LOOKS[model]
+    jobs = [(looks[k % len(looks)], seed + k, model.startswith("cyto"), stain_jitter)
+            for k in range(n)]
+    if n >= 8:
+        with ProcessPoolExecutor() as ex:
+            res = list(ex.map(_synthetic_one, jobs, chunksize=4))
+    else:
+        res = [_synthetic_one(j) for j in jobs]
+    return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
+
+
+def fine_kind(source: str, kind: str, labels: np.ndarray) -> str:
+    """The generalists' image kind: ``dsb/small`` (median object diameter below
+    :data:`SMALL_DIAMETER`), ``dsb/<fluorescence|brightfield|stained>``, ``usiigaci/phase``
+    or ``synthetic/<look>``."""
+    if source == "dsb2018":
+        return "dsb/small" if median_diameter(labels) < SMALL_DIAMETER else f"dsb/{kind}"
+    if source == "usiigaci":
+        return "usiigaci/phase"
+    return f"{source}/{kind}"
+
+
+def load_generalist(model: str, data: Path, synthetic: int | None = None) -> dict[str, list]:
+    """Training and validation lists of a generalist recipe (``*_generalist``).
+
+    ``nuclei_generalist``: all DSB training images (brightfield, stained and small-object
+    images drawn ``oversample`` times; stained ones as that many stain-jittered renderings)
+    + synthetic nuclei looks; validated on the DSB split.  ``cyto_generalist``: the same DSB
+    images and Usiigaci cells (4x), 2-channel (gray, zeros), + synthetic cells of six looks;
+    validated on the Usiigaci split.  Every list has ``*_kinds`` (:func:`fine_kind`).
+    """
+    cfg = RECIPES[model]
+    times = int(cfg.get("oversample", 1))
+    jitter = float(cfg.get("stain_jitter", 0.0))
+    nuc = load_source("dsb2018", data, stain_jitter=jitter, copies=times, seed=cfg["seed"])
+    cyto = model.startswith("cyto")
+    conv = _two_channel if cyto else (lambda g: g)
+    out: dict[str, list] = {k: [] for k in ("train_images", "train_labels", "train_names",
+                                            "train_kinds", "val_images", "val_labels",
+                                            "val_names", "val_kinds")}
+
+    def add(part: str, img, lab, name: str, kind: str, repeat: int = 1) -> None:
+        for _ in range(repeat):
+            out[f"{part}_images"].append(img)
+            out[f"{part}_labels"].append(lab)
+            out[f"{part}_names"].append(name)
+            out[f"{part}_kinds"].append(kind)
+
+    for img, lab, name, kind in zip(nuc["train_images"], nuc["train_labels"],
+                                    nuc["train_names"], nuc["train_kinds"]):
+        fk = fine_kind("dsb2018", kind, lab)
+        # stained images already come as `times` jittered renderings
+        rep = times if fk != "dsb/fluorescence" and kind != "stained" else 1
+        add("train", conv(img), lab, name, fk, rep)
+    if cyto:
+        cells = load_source("usiigaci", data)
+        for img, lab, name in zip(cells["train_images"], cells["train_labels"],
+                                  cells["train_names"]):
+            add("train", _two_channel(img), lab, name, "usiigaci/phase", 4)
+        for img, lab, name in zip(cells["val_images"], cells["val_labels"], cells["val_names"]):
+            add("val", _two_channel(img), lab, name, "usiigaci/phase")
+    else:
+        for img, lab, name, kind in zip(nuc["val_images"], nuc["val_labels"],
+                                        nuc["val_names"], nuc["val_kinds"]):
+            add("val", img, lab, name, fine_kind("dsb2018", kind, lab))
+    n_syn = int(cfg.get("synthetic", 0) if synthetic is None else synthetic)
+    if n_syn:
+        simg, slab, slook = synthetic_generalist(model, n_syn, seed=1000 * cfg["seed"],
+                                                 stain_jitter=jitter)
+        for k, (img, lab, look) in enumerate(zip(simg, slab, slook)):
+            add("train", img, lab, f"synthetic/{look}_{k}", f"synthetic/{look}")
+    return out

@@ -7,6 +7,10 @@ same whichever process makes it: ``workers=1`` (in-process) and ``workers=14`` g
 identical batches, and a run resumed at an epoch boundary continues exactly.  Worker
 processes are forked (copy-on-write access to the cached samples); where ``fork`` is not
 available the batches are made in-process, with the same result.
+
+With an intensity augmentation (:class:`~flowseg.engine.training.intensity.IntensityAug`),
+each batch's crops are changed after they are cut, from the same random stream; without one
+(the default) nothing more is drawn, so the batches are exactly those of earlier versions.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .augment import make_batch
+from .intensity import IntensityAug, augment_batch
 
 __all__ = ["BatchMaker"]
 
@@ -26,9 +31,15 @@ __all__ = ["BatchMaker"]
 _SHARED: Optional[tuple] = None
 
 
+def _make(data: tuple, idx: np.ndarray, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray]:
+    images, flows, fgs, scales, crop, intensity, scale_range = data
+    x, y = make_batch(images, flows, fgs, scales, idx, rng, crop, scale_range=scale_range)
+    return augment_batch(x, rng, intensity), y
+
+
 def _make_seeded(data: tuple, idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    images, flows, fgs, scales, crop = data
-    return make_batch(images, flows, fgs, scales, idx, np.random.default_rng(seed), crop)
+    return _make(data, idx, np.random.default_rng(seed))
 
 
 def _worker_make(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,14 +58,26 @@ class BatchMaker:
     workers : int
         0: in-process, crops drawn from the loop's generator; >= 1: per-batch seeds, made by
         that many forked processes (1: in-process).
+    intensity : IntensityAug, optional
+        Intensity augmentation of each crop (None: none, the default).
+    scale_range : (float, float)
+        Random zoom around each image's base scale
+        (:func:`~flowseg.engine.training.augment.random_transform`).
     """
 
     def __init__(self, images: Sequence[np.ndarray], flows: Sequence[np.ndarray],
                  fgs: Sequence[np.ndarray], scales: Sequence[float], crop: int,
-                 workers: int = 0) -> None:
+                 workers: int = 0, intensity: Optional[IntensityAug] = None,
+                 scale_range: tuple[float, float] = (0.75, 1.25)) -> None:
         if int(workers) < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
-        self.data = (images, flows, fgs, scales, int(crop))
+        if intensity is not None and not isinstance(intensity, IntensityAug):
+            raise ValueError(f"intensity must be an IntensityAug or None, got {intensity!r}")
+        lo, hi = (float(v) for v in scale_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got "
+                             f"{scale_range}")
+        self.data = (images, flows, fgs, scales, int(crop), intensity, (lo, hi))
         self.workers = int(workers)
         self._pool = None
 
@@ -73,9 +96,8 @@ class BatchMaker:
         """
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         if self.workers == 0:
-            images, flows, fgs, scales, crop = self.data
             for idx in batches:
-                yield (idx, *make_batch(images, flows, fgs, scales, idx, rng, crop))
+                yield (idx, *_make(self.data, idx, rng))
             return
         seeds = [int(s) for s in rng.integers(0, 2 ** 63 - 1, size=len(batches))]
         pool = self._get_pool()

@@ -39,6 +39,7 @@ from .budget import TimeBudget
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .finetune import make_scorer, outcome, reserve_time
 from .finish import finish_model, images_style, size_views
+from .intensity import IntensityAug
 from .loop import TrainLoop
 from .prep import prepare_samples
 from .quickcheck import MIN_GAIN
@@ -85,6 +86,8 @@ def train(
     seed: int | None = None,
     threads: int | None = None,
     workers: int = 0,
+    intensity: IntensityAug | dict | bool | str | None = None,
+    scale_range: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train a model from scratch or fine-tune one on image / label pairs.
 
@@ -169,6 +172,12 @@ def train(
         batch gets its own seed and ``workers`` forked processes make them ahead of the
         network (for a GPU, whose steps outrun one CPU core); any ``workers >= 1`` gives the
         same batches, which differ from ``workers=0``'s.
+    intensity : IntensityAug, dict, True or None
+        Intensity augmentation of each crop (:mod:`flowseg.engine.training.intensity`;
+        ``True`` or ``"default"``: the default settings, a dict: the default with these
+        settings).  None (the default): none, as before; the training record keeps it.
+    scale_range : (float, float), optional
+        Random zoom of each crop around its image's base scale (default 0.75-1.25).
 
     Returns
     -------
@@ -198,6 +207,7 @@ def train(
         raise ValueError("give both val_images and val_labels, or neither")
     if int(workers) < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    intensity = IntensityAug.from_config(intensity)
     if resume is not None and budget.seconds is not None:
         raise ValueError("a run under a time budget cannot resume a checkpoint; give epochs= "
                          "to resume, or fine-tune the saved model again")
@@ -239,6 +249,10 @@ def train(
                val_every=vevery, seed=seed, min_masks=int(min_masks), anisotropy=anisotropy,
                batch_seeds=int(workers) > 0, time_budget=budget.seconds, epochs=n_epochs,
                channels=None if channels is None else list(channels))
+    if intensity is not None:
+        cfg.update(intensity=intensity.to_dict())
+    if scale_range is not None:
+        cfg.update(scale_range=[float(v) for v in scale_range])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = make_optimizer(net.parameters(), cfg)
@@ -268,7 +282,9 @@ def train(
                          else os.cpu_count() or 1)
     on_cpu = next(net.parameters()).device.type == "cpu"
     mf = torch.channels_last if on_cpu else torch.contiguous_format
-    maker = BatchMaker(samples.images, samples.flows, samples.fgs, scales, crop, int(workers))
+    maker = BatchMaker(samples.images, samples.flows, samples.fgs, scales, crop, int(workers),
+                       intensity=intensity, **({} if scale_range is None else
+                                               {"scale_range": tuple(scale_range)}))
     loop = TrainLoop(net=net, opt=opt, cfg=cfg, maker=maker, n_samples=len(samples),
                      n_per_epoch=nper, epochs=n_epochs, lrs=lrs, warmup_steps=warm_steps,
                      budget=budget, scorer=scorer, prefix=prefix, val_every=vevery, rng=rng,
