@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError, short_reason
+from .atomic import atomic_path
 
 __all__ = [
     "FORMAT",
@@ -62,24 +61,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     the permissions of the file it replaces, or those of any new file (``0o666`` less the
     umask) -- not the owner-only mode of temporary files.
     """
-    path = Path(path)
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-    else:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(Path(path)) as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
