@@ -159,3 +159,51 @@ def test_stain_gray_jitters_channel_weights():
     assert a.min() >= 0 and a.max() <= 255 * 1.001
     with pytest.raises(ValueError, match="RGB"):
         stain_gray(rgb[..., 0])
+
+
+# ---------------------------------------------------------------- recipes (recipes/*.py)
+def _recipes():
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1] / "recipes"
+    sys.path.insert(0, str(here))
+    data = pytest.importorskip("data")
+    ablation = pytest.importorskip("ablation")
+    return data, ablation
+
+
+def test_generalist_recipes_parse():
+    data, _ = _recipes()
+    for name in ("nuclei_generalist", "cyto_generalist"):
+        cfg = data.stage_configs(name)[0]
+        assert IntensityAug.from_config(cfg["intensity"]) == IntensityAug()
+        lo, hi = cfg["scale_range"]
+        assert 0 < lo < 1 < hi
+        assert cfg["width"] == 32 and cfg["crop"] % 8 == 0
+        assert set(data.SYNTHETIC_LOOKS[name])
+    # the existing recipes keep training without intensity augmentation
+    for name in ("nuclei", "cyto"):
+        assert all(IntensityAug.from_config(c.get("intensity")) is None
+                   for c in data.stage_configs(name))
+    img, lab, look = data._synthetic_one(("dic", 5, True, 0.3))
+    assert img.shape == lab.shape + (2,) and look == "dic" and not img[..., 1].any()
+    img, lab, look = data._synthetic_one(("stained", 6, False, 0.3))
+    assert img.shape == lab.shape and img.dtype == np.float32
+
+
+def test_ablation_holds_out_whole_kinds():
+    _, ablation = _recipes()
+    kinds = ["dsb/stained", "dsb/fluorescence", "dsb/small", "synthetic/stained",
+             "usiigaci/phase", "dsb/stained"]
+    names = ["a", "b", "c", "s1", "u", "a"]  # "a": two stain renderings of one image
+    d = {"train_images": list(range(6)), "train_labels": list(range(6)),
+         "train_names": names, "train_kinds": kinds,
+         "val_images": [10, 11], "val_labels": [10, 11], "val_names": ["v1", "v2"],
+         "val_kinds": ["dsb/stained", "dsb/fluorescence"]}
+    train, held = ablation.split_by_kind(d, ablation.HOLD_GROUPS["stained"])
+    assert not set(train["train_kinds"]) & set(ablation.HOLD_GROUPS["stained"])
+    assert train["val_kinds"] == ["dsb/fluorescence"]
+    assert sorted(held["names"]) == ["a", "s1", "v1"]  # every image of the kinds, once
+    assert set(held["kinds"]) <= set(ablation.HOLD_GROUPS["stained"])
+    assert len(train["train_images"]) + 2 + 1 == 6  # nothing else lost
