@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..errors import InputError
+
 __all__ = ["SAMPLINGS", "MaskParams", "check_sampling"]
 
 #: 3D flow sampling of the dynamics, see :func:`flowseg.engine.flows.dynamics.flows_to_masks`
@@ -23,7 +25,7 @@ SAMPLINGS = ("exact", "cellpose3")
 def check_sampling(sampling: str) -> str:
     """Validate a 3D flow sampling name (``"exact"`` or ``"cellpose3"``)."""
     if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        raise InputError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     return sampling
 
 
@@ -31,16 +33,16 @@ def _number(name: str, value: Any) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise InputError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise InputError(f"{name} must be finite, got {value!r}")
     return v
 
 
 def _integer(name: str, value: Any) -> int:
     v = _number(name, value)
     if v != int(v):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise InputError(f"{name} must be a whole number, got {value!r}")
     return int(v)
 
 
@@ -68,7 +70,7 @@ class MaskParams:
 
     Raises
     ------
-    ValueError
+    InputError
         For a value out of range (the message names the parameter).
     """
 
@@ -87,20 +89,20 @@ class MaskParams:
         flow = _number("flow_threshold", 0.0 if self.flow_threshold is None
                        else self.flow_threshold)
         if flow < 0:
-            raise ValueError(f"flow_threshold must be >= 0 (0 disables the check), got {flow}")
+            raise InputError(f"flow_threshold must be >= 0 (0 disables the check), got {flow}")
         put("flow_threshold", flow)
         size = _integer("min_size", self.min_size)
         if size < -1:
-            raise ValueError(f"min_size must be an integer >= -1, got {self.min_size!r}")
+            raise InputError(f"min_size must be an integer >= -1, got {self.min_size!r}")
         put("min_size", size)
         if self.niter is not None:
             n = _integer("niter", self.niter)
             if n < 1:
-                raise ValueError(f"niter must be >= 1 (or None), got {self.niter!r}")
+                raise InputError(f"niter must be >= 1 (or None), got {self.niter!r}")
             put("niter", n)
         stitch = _number("stitch_threshold", self.stitch_threshold)
         if not 0.0 <= stitch <= 1.0:
-            raise ValueError(f"stitch_threshold must be in [0, 1], got {self.stitch_threshold}")
+            raise InputError(f"stitch_threshold must be in [0, 1], got {self.stitch_threshold}")
         put("stitch_threshold", stitch)
         put("sampling", check_sampling(self.sampling))
 
