@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..network.tiling import TileLattice, tile_lattice
 from ..progress import check_cancel
 from .merge import keep_core_objects, match_labels
 from .plan import Block
@@ -29,6 +30,7 @@ __all__ = [
     "BlockOutcome",
     "FileFlag",
     "RunSpec",
+    "block_lattice",
     "match_block",
     "peak_rss_mb",
     "segment_block",
@@ -166,10 +168,11 @@ def segment_block(spec: RunSpec, block: Block, model: Any, data: Any,
     if spec.skip_below is not None and float(x.max(initial=-np.inf)) < spec.skip_below:
         return BlockOutcome(block.index, 0, True, time.perf_counter() - t0, peak_rss_mb())
     x = normalize_block(x, spec.lohi)
-    seg = model.segment(x, channels=(0, 1 if spec.nchan > 1 else None), channel_axis=-1,
-                        z_axis=0 if lay.ndim == 3 else None, normalize=False, cancel=flag,
-                        check_memory=False,  # the plan sized the block to the task memory
-                        **spec.segment_kwargs)
+    with tile_lattice(block_lattice(spec, block, model)):
+        seg = model.segment(x, channels=(0, 1 if spec.nchan > 1 else None), channel_axis=-1,
+                            z_axis=0 if lay.ndim == 3 else None, normalize=False,
+                            cancel=flag, check_memory=False,  # the plan sized the block
+                            **spec.segment_kwargs)
     del x
     labels, n = keep_core_objects(seg.masks, block.core_in_padded)
     del seg
@@ -177,6 +180,21 @@ def segment_block(spec: RunSpec, block: Block, model: Any, data: Any,
     if n:
         spec.scratch.array[spec.scratch.region(block)] = labels
     return BlockOutcome(block.index, n, False, time.perf_counter() - t0, peak_rss_mb())
+
+
+def block_lattice(spec: RunSpec, block: Block, model: Any) -> TileLattice | None:
+    """The whole image's network tile grid for ``block`` (2D images and stacks segmented
+    slice by slice): the block's core pixels then get the network outputs of an in-memory
+    run wherever their tiles lie inside the padded block.  None for 3D segmentation (its
+    ZX / ZY passes tile other planes)."""
+    if spec.segment_kwargs.get("do_3d") and spec.layout.ndim == 3:
+        return None
+    full = spec.layout.spatial_shape[-2:]
+    pad = block.padded[-2:]
+    scale = float(model.diam_mean) / float(spec.segment_kwargs["diameter"])
+    return TileLattice(origin=(pad[0].start, pad[1].start),
+                       shape=(pad[0].stop - pad[0].start, pad[1].stop - pad[1].start),
+                       full=(int(full[0]), int(full[1])), scale=scale)
 
 
 def _intersection(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | None:

@@ -7,6 +7,11 @@ batches (tiles of several images share a batch), and blended back with a sigmoid
 down-weights tile borders.  ``augment=True`` uses tiles overlapping by half, each flipped in a
 different direction, un-flipped (with the matching flow components negated) before blending.
 
+Blocks of a bigger image (:mod:`flowseg.engine.blocks`) can share the bigger image's tile
+grid: inside :func:`tile_lattice` the tiles are placed where the whole image's tiles are
+(:class:`TileLattice`), so pixels whose tiles lie inside the block get the same network
+outputs as in one run over the whole image.
+
 CPU speed: the network runs in ``torch.inference_mode`` with channels-last tensors and its
 BatchNorm layers folded into per-channel multiply-adds (:func:`inference_net`): the same
 computation, results agree with the plain network to float rounding (~1e-6).
@@ -14,8 +19,12 @@ computation, results agree with the plain network to float rounding (~1e-6).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -24,7 +33,8 @@ from torch import nn
 
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 
-__all__ = ["pad_amounts", "tile_starts", "taper_mask", "run_tiled", "forward", "inference_net"]
+__all__ = ["TileLattice", "forward", "inference_net", "pad_amounts", "run_tiled", "taper_mask",
+           "tile_lattice", "tile_starts"]
 
 _DIV = 16
 
@@ -43,6 +53,90 @@ def tile_starts(L: int, bsize: int, overlap: float, augment: bool = False) -> np
     overlap = min(0.5, max(0.05, float(overlap)))
     n = 1 if bsize >= L else int(np.ceil((1.0 + 2 * overlap) * L / bsize))
     return np.linspace(0, L - min(bsize, L), n).astype(int)
+
+
+@dataclass(frozen=True)
+class TileLattice:
+    """Where an image sits in a bigger one whose tile grid :func:`run_tiled` should use.
+
+    Attributes
+    ----------
+    origin : (int, int)
+        ``(y, x)`` of the image's first pixel in the full image (image pixels).
+    shape : (int, int)
+        The image's own ``(H, W)`` (image pixels, before any resizing).
+    full : (int, int)
+        The full image's ``(H, W)`` (image pixels).
+    scale : float
+        Network scale / image scale (``diam_mean / diameter``): the images reaching
+        :func:`run_tiled` were resized by it (``int(H * scale)`` pixels, as
+        :func:`~flowseg.engine.inference.transforms.resize_image` makes them).
+    """
+
+    origin: tuple[int, int]
+    shape: tuple[int, int]
+    full: tuple[int, int]
+    scale: float = 1.0
+
+    def axes(self, hw: Sequence[int]) -> Optional[list[tuple[int, int]]]:
+        """Per axis ``(offset, full length)`` at network scale for images of spatial shape
+        ``hw``; None when ``hw`` is not this image at ``scale`` (then the lattice does not
+        apply: another image, e.g. a 3D volume's ZX planes)."""
+        out = []
+        for n, o, s, f in zip(hw, self.origin, self.shape, self.full):
+            resized = self.scale != 1.0
+            if int(n) != (max(1, int(s * self.scale)) if resized else s):
+                return None
+            g = max(1, int(f * self.scale)) if resized else int(f)
+            # pixel centres: this image's pixel 0 lies at o + 0.5 * s / n - 0.5 (image
+            # pixels), the full image's pixel i at (i + 0.5) * f / g - 0.5
+            off = int(round((o + 0.5 * s / int(n)) * g / f - 0.5))
+            out.append((min(max(off, 0), max(g - int(n), 0)), g))
+        return out
+
+
+_LATTICE: ContextVar[Optional[TileLattice]] = ContextVar("flowseg_tile_lattice", default=None)
+
+
+@contextlib.contextmanager
+def tile_lattice(lattice: Optional[TileLattice]) -> Iterator[None]:
+    """Within this context :func:`run_tiled` places tiles on ``lattice``'s grid (None: its
+    own).  A context variable: it holds in this thread (or asyncio task) only."""
+    token = _LATTICE.set(lattice)
+    try:
+        yield
+    finally:
+        _LATTICE.reset(token)
+
+
+def _axis_grid(L: int, bsize: int, overlap: float, augment: bool, pad_extra: int,
+               whole: Optional[int], geom: Optional[tuple[int, int]]
+               ) -> tuple[int, int, np.ndarray, int, int]:
+    """Tiling along one axis of length ``L``: ``(data start, canvas length, tile starts,
+    tile length, index of the first tile in the full grid)``.
+
+    ``geom``: ``(offset, full length)`` of the image in a bigger one whose grid is used;
+    ``whole``: the tile length when the image runs as one tile.
+    """
+    if geom is None:
+        p = pad_amounts(L, extra=pad_extra)
+        Lp = L + sum(p)
+        if augment:
+            Lp = max(Lp, bsize)
+        size = whole or bsize
+        return p[0], Lp, tile_starts(Lp, size, overlap, augment), min(size, Lp), 0
+    off, full = geom
+    p = pad_amounts(full, extra=pad_extra)
+    Lp = full + sum(p)
+    if augment:
+        Lp = max(Lp, bsize)
+    starts = tile_starts(Lp, bsize, overlap, augment)
+    ly = min(bsize, Lp)
+    d0 = off + p[0]
+    sel = np.flatnonzero((starts < d0 + L) & (starts + ly > d0))
+    c0, c1 = int(starts[sel[0]]), int(starts[sel[-1]]) + ly
+    # data outside the full image's canvas cannot happen for a block of the image
+    return d0 - c0, c1 - c0, starts[sel] - c0, ly, int(sel[0])
 
 
 def taper_mask(ly: int, lx: int, sig: float = 7.5) -> np.ndarray:
@@ -178,15 +272,23 @@ def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     N, H, W, C = x.shape
     net = _prepare_net(net)
-    py, px = pad_amounts(H, extra=pad_extra), pad_amounts(W, extra=pad_extra)
-    Hp, Wp = H + sum(py), W + sum(px)
-    if not augment and Hp * Wp <= int(whole_max):
-        bsize = max(Hp, Wp)
-    if augment:
-        Hp, Wp = max(Hp, bsize), max(Wp, bsize)
-    ys = tile_starts(Hp, bsize, tile_overlap, augment)
-    xs = tile_starts(Wp, bsize, tile_overlap, augment)
-    ly, lx = min(bsize, Hp), min(bsize, Wp)
+    lattice = _LATTICE.get()
+    geoms = None if lattice is None else lattice.axes((H, W))
+    if geoms is not None and not augment and int(whole_max) > 0:
+        full = [g + sum(pad_amounts(g, extra=pad_extra)) for _, g in geoms]
+        if full[0] * full[1] <= int(whole_max):
+            geoms = None  # the full image is one tile: nothing to share with it
+    if geoms is None:
+        geoms = [None, None]
+        Hp = H + sum(pad_amounts(H, extra=pad_extra))
+        Wp = W + sum(pad_amounts(W, extra=pad_extra))
+        whole = max(Hp, Wp) if not augment and Hp * Wp <= int(whole_max) else None
+    else:
+        whole = None
+    py0, Hp, ys, ly, j0 = _axis_grid(H, bsize, tile_overlap, augment, pad_extra, whole,
+                                     geoms[0])
+    px0, Wp, xs, lx, i0 = _axis_grid(W, bsize, tile_overlap, augment, pad_extra, whole,
+                                     geoms[1])
     mask = taper_mask(ly, lx)
     # large (whole-image) tiles: fewer per batch, so a batch never holds more pixels than
     # batch_size tiles of 224 x 224 (bounded activation memory, as with Cellpose tiles)
@@ -209,10 +311,10 @@ def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
         for k, (n, j, i) in enumerate(batch):
             if n != cur_n:
                 padded = np.zeros((C, Hp, Wp), np.float32)
-                padded[:, py[0]:py[0] + H, px[0]:px[0] + W] = np.moveaxis(x[n], -1, 0)
+                padded[:, py0:py0 + H, px0:px0 + W] = np.moveaxis(x[n], -1, 0)
                 cur_n = n
             t = padded[:, ys[j]:ys[j] + ly, xs[i]:xs[i] + lx]
-            inp[k] = _flip(t, j, i) if augment else t
+            inp[k] = _flip(t, j + j0, i + i0) if augment else t
         out, st = forward(net, inp)
         if yf is None:
             nout = out.shape[1]
@@ -221,16 +323,16 @@ def run_tiled(net: torch.nn.Module, x: np.ndarray, *, bsize: int = 224,
         for k, (n, j, i) in enumerate(batch):
             o = out[k]
             if augment:
-                o = _flip(o, j, i).copy()
-                if i % 2 == 1:
+                o = _flip(o, j + j0, i + i0).copy()
+                if (i + i0) % 2 == 1:
                     o[0] *= -1
-                if j % 2 == 1:
+                if (j + j0) % 2 == 1:
                     o[1] *= -1
             yf[n, :, ys[j]:ys[j] + ly, xs[i]:xs[i] + lx] += o * mask
             styles[n] += st[k]
         report(progress, stage, min(b0 + len(batch), ntot), ntot, "running the network")
     yf /= wsum
-    yf = yf[:, :, py[0]:py[0] + H, px[0]:px[0] + W]
+    yf = yf[:, :, py0:py0 + H, px0:px0 + W]
     styles /= np.sqrt((styles ** 2).sum(axis=1, keepdims=True)).clip(1e-12)
     if single:
         return np.ascontiguousarray(yf[0]), styles[0]
