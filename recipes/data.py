@@ -15,8 +15,8 @@ import numpy as np
 from flowseg.engine.data.modalities import make_modality_sample
 from flowseg.engine.data.synthetic import make_sample
 from flowseg.engine.io.datasets import load_folder
-from flowseg.engine.training.intensity import stain_gray
 from flowseg.engine.training.prep import median_diameter
+from flowseg.engine.training.stain import stain_gray
 
 SPLITS = Path(__file__).resolve().parent / "splits"
 

@@ -14,9 +14,9 @@ from flowseg.engine.training.intensity import (
     IntensityAug,
     augment_batch,
     augment_intensity,
-    stain_gray,
 )
 from flowseg.engine.training.prep import prepare_samples
+from flowseg.engine.training.stain import stain_gray
 
 
 def _crop(seed: int = 0, nuclear: bool = True, size: int = 96) -> np.ndarray:
