@@ -1,26 +1,39 @@
-"""The default path of Model.segment (diameter estimated): cheap style, the estimate's own
-segmentation kept when it fits, progress, the bound on enlarging; the style of a few tiles."""
+"""The default path of Model.segment (diameter estimated): cheap style, the size measured on
+crops of a large image, the estimate's own segmentation kept when it fits, progress, cancel,
+the bound on enlarging; the style of a few tiles; the network work of the default path."""
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
 
 from flowseg.engine.data.synthetic import make_sample
+from flowseg.engine.inference import crops as crops_mod
 from flowseg.engine.inference import segment as segment_mod
+from flowseg.engine.inference import style as style_mod
+from flowseg.engine.inference.crops import (
+    _whole_objects,
+    crop_windows,
+    refine_on_crops,
+    spread_order,
+    weighted_median,
+)
 from flowseg.engine.inference.model import Model
 from flowseg.engine.inference.size import (
     MAX_UPSCALE,
     REUSE_TOLERANCE,
     mask_diameters,
     min_estimate,
+    refine_at,
     regression_diameter,
 )
-from flowseg.engine.inference.style import spread, tiles_style
+from flowseg.engine.inference.style import ENCODER_SHARE, spread, tiles_style
+from flowseg.engine.network import tiling as tiling_mod
 from flowseg.engine.network.tiling import run_tiled
-from flowseg.engine.progress import ProgressCollector
+from flowseg.engine.progress import Cancelled, ProgressCollector
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +44,12 @@ def cyto() -> Model:
 @pytest.fixture(scope="module")
 def cells() -> np.ndarray:
     return make_sample("cells", (256, 288), diameter=30, with_nuclei=True, seed=1).image
+
+
+@pytest.fixture(scope="module")
+def many() -> np.ndarray:
+    """~600 cells of ~18 px: at diameter 20 about 9 crop areas at the network's scale."""
+    return make_sample("cells", (512, 512), diameter=20, with_nuclei=True, seed=2).image
 
 
 def _with_size(model: Model, diameter: float) -> Model:
@@ -95,10 +114,12 @@ def test_estimate_pass_is_kept_when_it_fits(cyto, cells, monkeypatch):
     assert np.array_equal(loose.masks, seg.recompute(cellprob_threshold=-2.0, min_size=5).masks)
 
 
-def test_estimate_far_from_the_size_model_segments_again(cyto, cells, monkeypatch):
+def test_estimate_far_from_the_size_model_segments_again(cyto, monkeypatch):
+    cells = make_sample("cells", (176, 176), diameter=30, with_nuclei=True, seed=1).image
     m = _with_size(cyto, 15.0)  # half the real size: the refinement pass measures ~30
     calls = _count_passes(monkeypatch)
-    seg = m.segment(cells)
+    seg = m.segment(cells)  # 352 x 352 at the network's scale: refined whole, no crops
+    assert seg.params["diameter_crops"] is None
     est = seg.params["diameter_estimate"]
     assert seg.params["estimate_pass_kept"] is False and len(calls) == 2
     assert calls[0] == pytest.approx(cyto.diam_mean / 15.0)
@@ -127,3 +148,97 @@ def test_tiny_estimate_is_bounded(cyto, cells, monkeypatch):
     seg = m.segment(cells)
     assert max(calls) <= MAX_UPSCALE + 1e-9
     assert seg.diameter >= min_estimate(m) and seg.params["diameter_size_model"] >= 10.0
+
+
+def test_spread_order_and_windows():
+    order = spread_order(4, 4)
+    assert order[0] == (1, 1) and order[1] == (3, 3) and sorted(order) == sorted(
+        (j, i) for j in range(4) for i in range(4))
+    assert all(abs(a[0] - b[0]) + abs(a[1] - b[1]) >= 2 for a in order[:4] for b in order[:4]
+               if a != b)  # the first four are spread out
+    win = crop_windows(500, 300, 200, 200)  # 3 x 2 grid, last crops flush with the border
+    assert len(win) == 6 and {y for y, _ in win} == {0, 150, 300} and {x for _, x in win} == {
+        0, 100}
+
+
+def test_weighted_median_and_border_objects():
+    assert weighted_median(np.array([1.0, 2.0, 3.0]), np.ones(3)) == 2.0
+    assert weighted_median(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 5.0])) == 3.0
+    assert weighted_median(np.zeros(0), np.zeros(0)) == 0.0
+    m = np.zeros((100, 100), np.int32)
+    m[0:10, 40:50] = 1      # touches the top border
+    m[45:55, 45:55] = 2     # inside, 10 x 10
+    m[30:70, 90:100] = 3    # touches the right border, 40 x 10
+    d, w = _whole_objects(m, (True, True, True, True))  # every border inside the image
+    assert d.size == 1 and d[0] == pytest.approx(2 * np.sqrt(100 / np.pi))
+    assert w[0] == pytest.approx(1.0 / (90 * 90))  # Miles-Lantuejoul: 1 / ((Ly-h)(Lx-w))
+    d, w = _whole_objects(m, (False, True, True, False))  # top and right are image borders
+    assert d.size == 3  # objects cut by the image itself are kept, as in a whole pass
+    assert w[2] == pytest.approx(1.0 / ((100 - 40) * (100 - 10)))
+    d, w = _whole_objects(m, (False, False, True, False))  # only the left border is a cut
+    assert w[0] == pytest.approx(1.0 / (100 * (100 - 10)))  # y not corrected
+
+
+def test_crop_median_agrees_with_the_whole_image(cyto, many):
+    x = many.astype(np.float32)
+    whole = refine_at(cyto, x, 20.0).diameter
+    ce = refine_on_crops(cyto, x, 20.0)
+    assert ce.n_objects >= 100 and ce.fraction <= 0.3 and ce.n_crops >= 2
+    assert abs(ce.diameter / whole - 1) < 0.05, (ce, whole)
+    assert ce.diameter == refine_on_crops(cyto, x, 20.0).diameter  # the same crops each time
+
+
+def _count_work(monkeypatch) -> dict:
+    """Pixels through the whole network and through the encoder alone (styles)."""
+    work = {"net": 0, "encoder": 0}
+    fwd, enc = tiling_mod.forward, style_mod.encoder_styles
+
+    def fwd_spy(net, x):
+        work["net"] += x.shape[0] * x.shape[2] * x.shape[3]
+        return fwd(net, x)
+
+    def enc_spy(net, x):
+        work["encoder"] += x.shape[0] * x.shape[2] * x.shape[3]
+        return enc(net, x)
+
+    monkeypatch.setattr(tiling_mod, "forward", fwd_spy)
+    monkeypatch.setattr(style_mod, "encoder_styles", enc_spy)
+    return work
+
+
+def test_default_path_network_work_is_at_most_1_5x_given(cyto, many, monkeypatch):
+    m = _with_size(cyto, 20.0)
+    work = _count_work(monkeypatch)
+    seg = m.segment(many)
+    default = work["net"] + ENCODER_SHARE * work["encoder"]
+    p = seg.params
+    assert p["diameter_crops"] is not None and p["estimate_pass_kept"] is True
+    work.update(net=0, encoder=0)
+    given = m.segment(many, diameter=p["diameter_estimate"])
+    assert work["encoder"] == 0 and given.n_objects > 300
+    ratio = default / work["net"]
+    assert ratio <= 1.5, (ratio, p)
+    assert np.array_equal(seg.masks, m.segment(many, diameter=seg.diameter).masks)
+
+
+def test_crops_report_size_progress_and_cancel(cyto, many):
+    m = _with_size(cyto, 20.0)
+    pc = ProgressCollector()
+    m.segment(many, progress=pc)
+    crops = [(e.done, e.total) for e in pc.events if e.stage == "size" and "crops" in e.message]
+    assert crops[0][0] == 0 and crops[-1][0] >= 1 and len(crops) >= 2
+    stop = threading.Event()
+
+    def progress(ev):
+        if ev.stage == "size" and "crops" in ev.message:
+            stop.set()
+
+    calls = []
+    orig = crops_mod.run_tiled
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(crops_mod, "run_tiled", lambda *a, **k: calls.append(1) or orig(*a, **k))
+        with pytest.raises(Cancelled):
+            m.segment(many, progress=progress, cancel=stop)
+    assert calls == []  # stopped before the first crop ran through the network
+    with pytest.raises(Cancelled):
+        m.estimate_diameter(many, cancel=lambda: True)

@@ -34,7 +34,7 @@ from .size import (
     Refinement,
     estimate_diameter_prepared,
     min_estimate,
-    refine_at,
+    refine_estimate,
     regression_diameter,
 )
 from .volume import run_3d
@@ -83,10 +83,12 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
     """Estimate the diameter of a prepared 2D image, keeping the estimate's pass if it fits.
 
     The size model's diameter (:func:`~flowseg.engine.inference.size.regression_diameter`)
-    is refined by one segmentation at it (:func:`~flowseg.engine.inference.size.refine_at`,
-    with the caller's network options).  When the median diameter of its masks is within
-    :data:`~flowseg.engine.inference.size.REUSE_TOLERANCE` of the diameter the pass was made
-    at, that pass is the segmentation (no second network pass).  Returns the diameter to
+    is refined by the median diameter of the masks of a segmentation at it
+    (:func:`~flowseg.engine.inference.size.refine_estimate`, with the caller's network
+    options): of the whole image when it is small, else of a sample of crops.  When a
+    whole-image pass measures a median within
+    :data:`~flowseg.engine.inference.size.REUSE_TOLERANCE` of the diameter it was made at,
+    that pass is the segmentation (no second network pass).  Returns the diameter to
     segment at, the pass to keep (or None) and the record for ``params``.
     """
     progress, cancel = opts["progress"], opts["cancel"]
@@ -94,13 +96,13 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
     d_reg = regression_diameter(model, x, batch_size=opts["batch_size"], cancel=cancel)
     _check_work_size(x.shape[:-1], model.diam_mean / d_reg, 1.0, d_reg, model.diam_mean)
     check_cancel(cancel)
-    ref = refine_at(model, x, d_reg, **opts)
-    est = max(min_estimate(model), ref.diameter) if ref.diameter > 0 else d_reg
-    keep = abs(math.log(est / d_reg)) <= math.log1p(REUSE_TOLERANCE)
+    measured, ref, record = refine_estimate(model, x, d_reg, **opts)
+    est = max(min_estimate(model), measured) if measured > 0 else ref.at
+    keep = abs(math.log(est / ref.at)) <= math.log1p(REUSE_TOLERANCE)
     report(progress, "size", 1, 1, "estimating the object size")
-    record = {"diameter_estimate": float(est), "diameter_size_model": float(d_reg),
-              "estimate_pass_kept": bool(keep)}
-    return (d_reg, ref, record) if keep else (est, None, record)
+    record.update(diameter_estimate=float(est), diameter_size_model=float(d_reg),
+                  estimate_pass_kept=bool(keep))
+    return (ref.at, ref, record) if keep else (est, None, record)
 
 
 def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=None,

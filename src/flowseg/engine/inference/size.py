@@ -1,34 +1,28 @@
-"""Object-size estimation: style vector -> log diameter, refined by one segmentation pass.
+"""Object-size estimation: style vector -> log diameter, refined by segmenting the image.
 
 A model may carry a *size model* in its metadata, ``meta["size_model"] = {"A": [...],
 "b": float}``, a linear regression ``log(diameter) = A . style + b`` from the network's style
 vector (computed on the image at its own resolution) to the object diameter in pixels.
 :func:`estimate_diameter` applies it (:func:`regression_diameter`: the style of
 :data:`STYLE_TILES` tiles spread over the image, from the encoder alone), then segments the
-image once at that diameter (:func:`refine_at`) and returns the median diameter of the masks
-(the regression estimate if nothing was found).  ``Model.segment(diameter=None)`` keeps that
-segmentation when its median diameter is within :data:`REUSE_TOLERANCE` of the diameter it
-was made at, so the estimate then costs no second network pass.  Estimates never go below
+image at that diameter and returns the median diameter of the masks (the regression
+estimate if nothing was found) (:func:`refine_estimate`).  An image of up to
+:data:`SMALL_CROPS` crops at the network's scale is segmented whole (:func:`refine_at`) and
+``Model.segment(diameter=None)`` keeps that segmentation when its median diameter is within
+:data:`REUSE_TOLERANCE` of the diameter it was made at (no second network pass); a larger
+image is measured on a sample of crops
+(:func:`~flowseg.engine.inference.crops.refine_on_crops`: at most about a quarter of a
+pass), then segmented once at the estimate.  Estimates never go below
 ``diam_mean / MAX_UPSCALE`` (:func:`min_estimate`): a wrong model or an unusual image must
 not make the passes enlarge the image 10x (minutes per image).
 
-:func:`fit_size_model` fits the regression for any trained model, in the spirit of the
-Cellpose method: each training image is resized so its objects have a randomly jittered
-apparent diameter around the model's ``diam_mean``, the style of that view is computed, and a
-ridge regression maps styles to the log of the apparent diameter.
-
-:func:`calibrate_size_model` is the fine-tuning counterpart: a handful of corrected images
-cannot support a new 128- or 256-dimensional regression (fitted on 4 views of one image it
-predicted ~15 px for 128-px cells), so it keeps the start model's regression ``A`` and fits
-only an offset of ``b``: the median error of the regression, with the fine-tuned network's
-styles, over views of the training images zoomed around their own scale.  Estimated diameters
-are then right on the training images by construction and move with the zoom as the start
-model's did.
+The size model is fitted by :func:`~flowseg.engine.inference.size_fit.fit_size_model` (and
+calibrated after fine-tuning by :func:`~flowseg.engine.inference.size_fit.calibrate_size_model`),
+re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,17 +30,18 @@ import numpy as np
 
 from ..flows.masks import compute_masks
 from ..flows.params import MaskParams
-from ..network.tiling import run_tiled
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .base import ModelBase
+from .crops import CROP, mask_diameters, refine_on_crops
 from .prepare import WHOLE_MAX, default_niter, prepare_input, run_2d
-from .style import tiles_style
-from .transforms import resize_image
+from .size_fit import calibrate_size_model, fit_size_model, zoomed_views
+from .style import ENCODER_SHARE, tiles_style
 
-__all__ = ["MAX_UPSCALE", "REUSE_TOLERANCE", "STYLE_TILES", "Refinement", "calibrate_size_model",
-           "estimate_diameter", "estimate_diameter_prepared", "fit_size_model",
-           "mask_diameters", "min_estimate", "refine_at", "regression_diameter",
-           "style_diameter", "zoomed_views"]
+__all__ = ["MAX_UPSCALE", "REUSE_TOLERANCE", "SMALL_CROPS", "STYLE_BUDGET",
+           "STYLE_FAR", "STYLE_FIRST", "STYLE_TILES", "Refinement",
+           "calibrate_size_model", "estimate_diameter", "estimate_diameter_prepared",
+           "fit_size_model", "mask_diameters", "min_estimate", "refine_at", "refine_estimate",
+           "regression_diameter", "style_diameter", "zoomed_views"]
 
 _MIN_DIAM = 5.0
 #: tiles (224 px, spread over the image) whose styles the size model reads.  On 102 real
@@ -54,6 +49,17 @@ _MIN_DIAM = 5.0
 #: the validation split) the estimates with 9 tiles stay within 5 % of those from every tile
 #: on 100 (the two others move 7-14 % with any small change of scale); with 4 tiles on 97
 STYLE_TILES = 9
+#: tiles read first; more (up to :data:`STYLE_TILES`) only while the style costs at most
+#: :data:`STYLE_BUDGET` of the segmentation pass at the first tiles' diameter (objects twice
+#: ``diam_mean`` make that pass 4x smaller than the image, and 9 tiles would cost about as
+#: much as it on a 1 MP image)
+STYLE_FIRST = 2
+STYLE_BUDGET = 0.1
+#: ... but all :data:`STYLE_TILES` when the first tiles predict objects more than this many
+#: times larger or smaller than ``diam_mean``: outside the sizes the size model was fitted
+#: on (``diam_mean / 2`` to ``2 diam_mean``) two tiles were not enough (e.g. 134 px for
+#: 85-px cells, which a refinement at that scale did not correct)
+STYLE_FAR = 2.0
 #: an estimate never asks to enlarge the image more than this per side: estimated
 #: diameters are at least ``diam_mean / MAX_UPSCALE``
 MAX_UPSCALE = 3.0
@@ -61,16 +67,10 @@ MAX_UPSCALE = 3.0
 #: masks is within this fraction of the diameter it was made at (the network, trained with
 #: scale augmentation, segments equally well within +-10 %: AP@0.5 flat on real images)
 REUSE_TOLERANCE = 0.1
-
-
-def mask_diameters(masks: np.ndarray) -> tuple[float, np.ndarray]:
-    """Median equivalent-circle diameter ``2 sqrt(area / pi)`` of the objects (0 if none)."""
-    counts = np.bincount(np.asarray(masks, np.int64).ravel())[1:]
-    counts = counts[counts > 0]
-    if counts.size == 0:
-        return 0.0, counts.astype(np.float64)
-    d = 2.0 * np.sqrt(counts / np.pi)
-    return float(np.median(d)), d
+#: an image of at most this many crop areas (:data:`~flowseg.engine.inference.crops.CROP`
+#: squared) at the network's scale is refined whole (the pass may then be kept); a larger
+#: one on a sample of crops (:func:`~flowseg.engine.inference.crops.refine_on_crops`)
+SMALL_CROPS = 2.0
 
 
 def style_diameter(size_model: dict, style: np.ndarray) -> float:
@@ -115,17 +115,31 @@ def min_estimate(model: ModelBase) -> float:
 
 
 def regression_diameter(model: ModelBase, x: np.ndarray, *, batch_size: int = 8,
-                        cancel: CancelToken = None) -> float:
+                        budget: bool = True, cancel: CancelToken = None) -> float:
     """The size model's diameter for a prepared 2D image ``(H, W, C)``.
 
-    The style is that of :data:`STYLE_TILES` tiles of the image at its own resolution
-    (:func:`flowseg.engine.inference.style.tiles_style`, encoder only); the result is
-    raised to :func:`min_estimate`.  Needs ``model.size_model``.
+    The style is that of 224-pixel tiles of the image at its own resolution, spread over it
+    (:func:`flowseg.engine.inference.style.tiles_style`, encoder only): :data:`STYLE_TILES`
+    tiles, or with ``budget`` (when a refinement follows, which corrects the regression's
+    error) first :data:`STYLE_FIRST` tiles and then only as many more as cost at most
+    :data:`STYLE_BUDGET` of the segmentation pass at their diameter, or all
+    :data:`STYLE_TILES` when that diameter is more than :data:`STYLE_FAR` times off
+    ``diam_mean``.  The result is raised to
+    :func:`min_estimate`.  Needs ``model.size_model``.
     """
     if model.size_model is None:
         raise ValueError("the model has no size model")
-    style, _ = tiles_style(model.net, x, max_tiles=STYLE_TILES, batch_size=batch_size,
-                           cancel=cancel)
+    k, n = STYLE_TILES, 0
+    if budget:
+        style, n = tiles_style(model.net, x, max_tiles=STYLE_FIRST, batch_size=batch_size,
+                               cancel=cancel)
+        d = max(min_estimate(model), style_diameter(model.size_model, style))
+        work = x.shape[0] * x.shape[1] * (model.diam_mean / d) ** 2  # pixels of the pass
+        k = min(STYLE_TILES, int(STYLE_BUDGET * work / (ENCODER_SHARE * 224 * 224)))
+        if abs(np.log(d / model.diam_mean)) > np.log(STYLE_FAR):
+            k = STYLE_TILES
+    if k > n:
+        style, _ = tiles_style(model.net, x, max_tiles=k, batch_size=batch_size, cancel=cancel)
     return max(min_estimate(model), style_diameter(model.size_model, style))
 
 
@@ -152,24 +166,65 @@ def refine_at(model: ModelBase, x: np.ndarray, at: float, *, bsize: int = 224,
                       params=mp)
 
 
+def refine_estimate(model: ModelBase, x: np.ndarray, at: float, *, bsize: int = 224,
+                    tile_overlap: float = 0.1, batch_size: int = 8, augment: bool = False,
+                    whole_max: int = WHOLE_MAX, pad_extra: int = 8,
+                    progress: ProgressCallback | None = None, cancel: CancelToken = None
+                    ) -> tuple[float, Refinement, dict[str, Any]]:
+    """Median object diameter of a prepared 2D image ``(H, W, C)``, starting from ``at``.
+
+    The image is segmented whole once (:func:`refine_at`) and the median diameter of its
+    masks returned.  An image of at most :data:`SMALL_CROPS` crop areas at the network's
+    scale is segmented at ``at``; a larger one first on a sample of crops at ``at``
+    (:func:`~flowseg.engine.inference.crops.refine_on_crops`, at most about a quarter of a
+    pass), then at the crops' median, which is usually within
+    :data:`REUSE_TOLERANCE` of the final estimate, so ``Model.segment`` can keep the pass.
+
+    Returns
+    -------
+    diameter : float
+        The median diameter of the whole-image pass (0 if no object was found).
+    refinement : Refinement
+        That pass (its ``at`` is the diameter it was made at).
+    record : dict
+        ``diameter_crops`` (the crops' median, or None when not used),
+        ``diameter_objects`` (objects in the pass).
+    """
+    H, W = x.shape[:2]
+    r = model.diam_mean / float(at)
+    d_crops = None
+    if H * W * r * r > SMALL_CROPS * CROP * CROP:
+        ce = refine_on_crops(model, x, at, batch_size=batch_size, augment=augment,
+                             progress=progress, cancel=cancel)
+        if ce.diameter > 0:
+            d_crops = float(ce.diameter)
+            at = max(min_estimate(model), d_crops)
+    ref = refine_at(model, x, at, bsize=bsize, tile_overlap=tile_overlap,
+                    batch_size=batch_size, augment=augment, whole_max=whole_max,
+                    pad_extra=pad_extra, progress=progress, cancel=cancel)
+    n = int(np.count_nonzero(np.bincount(ref.masks.ravel())[1:]))
+    return ref.diameter, ref, {"diameter_crops": d_crops, "diameter_objects": n}
+
+
 def estimate_diameter_prepared(model: ModelBase, x: np.ndarray, *, batch_size: int = 8,
                                refine: bool = True, progress: ProgressCallback | None = None,
                                cancel: CancelToken = None) -> float:
     """Diameter estimate for a prepared (channel-selected, normalised) 2D image ``(H, W, C)``.
 
     With a size model: :func:`regression_diameter`, then (``refine``) the median mask
-    diameter of one segmentation at that diameter (:func:`refine_at`); without one (or when
-    nothing is found) the median mask diameter of a segmentation at ``diam_mean``.  The
-    result is never below :func:`min_estimate`.
+    diameter of a segmentation at that diameter (:func:`refine_estimate`: the whole image
+    or a sample of crops); without one (or when nothing is found) the median mask diameter
+    of a segmentation at ``diam_mean``.  The result is never below :func:`min_estimate`.
     """
     report(progress, "size", 0, 1, "estimating the object size")
     diam = model.diam_mean
     if model.size_model is not None:
-        diam = regression_diameter(model, x, batch_size=batch_size, cancel=cancel)
+        diam = regression_diameter(model, x, batch_size=batch_size, budget=refine,
+                                   cancel=cancel)
     if refine:
         check_cancel(cancel)
-        d = refine_at(model, x, diam, batch_size=batch_size, progress=progress,
-                      cancel=cancel).diameter
+        d, _, _ = refine_estimate(model, x, diam, batch_size=batch_size, progress=progress,
+                                  cancel=cancel)
         if d > 0:
             diam = max(min_estimate(model), d)
     report(progress, "size", 1, 1, "estimating the object size")
@@ -194,172 +249,3 @@ def estimate_diameter(model: ModelBase, image: np.ndarray, *, channels=None, cha
     return estimate_diameter_prepared(model, x, batch_size=batch_size,
                                       refine=refine or model.size_model is None,
                                       progress=progress, cancel=cancel)
-
-
-def fit_size_model(model: ModelBase, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
-                   channels=None, channel_axis=None, normalize: Any = True,
-                   n_per_image: int = 4, jitter: float = 2.0, crop: int = 224,
-                   ridge: float = 1.0, seed: int = 0, store: bool = True,
-                   batch_size: int = 8, progress: ProgressCallback | None = None,
-                   cancel: CancelToken = None) -> dict:
-    """Fit ``log(diameter) = A . style + b`` for ``model`` on labelled 2D images.
-
-    Parameters
-    ----------
-    model : ModelBase
-    images, labels : sequences of np.ndarray
-        2D images (any channel layout accepted by ``Model.segment``) and their int labels.
-    n_per_image : int
-        Random views per image.
-    jitter : float
-        Apparent diameters are drawn log-uniformly in ``[diam_mean / jitter, diam_mean * jitter]``.
-    crop : int
-        Views are cropped (at random) to at most ``crop`` x ``crop`` pixels.
-    ridge : float
-        L2 penalty of the ridge regression.
-    store : bool
-        Put the result in ``model.meta["size_model"]``.
-
-    Returns
-    -------
-    dict
-        ``{"A": list, "b": float, "n": int, "train_r": float}`` (``train_r``: correlation of
-        predicted and true log diameters on the fitted views).
-    """
-    if len(images) != len(labels) or len(images) == 0:
-        raise ValueError(f"need as many label images as images (>0), got {len(images)} and "
-                         f"{len(labels)}")
-    if jitter < 1.0:
-        raise ValueError(f"jitter must be >= 1, got {jitter}")
-    def prepared():  # one image at a time (at most a few MB each in memory)
-        for k, (img, lab) in enumerate(zip(images, labels)):
-            x, sdim = prepare_input(model, img, channels=channels, channel_axis=channel_axis,
-                                    normalize=normalize)
-            if sdim != 2 or x.shape[:2] != np.asarray(lab).shape[:2]:
-                raise ValueError(f"image {k}: need a 2D image matching its labels, got image "
-                                 f"{x.shape[:-1]} and labels {np.asarray(lab).shape}")
-            yield x
-
-    styles, targets = zoomed_views(model, prepared(), labels, n_per_image=n_per_image,
-                                   jitter=jitter, crop=crop, seed=seed, batch_size=batch_size,
-                                   progress=progress, cancel=cancel)
-    if len(styles) < 2:
-        raise ValueError("fit_size_model needs label images with objects")
-    S = np.asarray(styles, np.float64)
-    t = np.asarray(targets, np.float64)
-    smean, tmean = S.mean(0), t.mean()
-    Sc = S - smean
-    A = np.linalg.solve(Sc.T @ Sc + float(ridge) * np.eye(S.shape[1]), Sc.T @ (t - tmean))
-    b = float(tmean - A @ smean)
-    pred = S @ A + b
-    r = float(np.corrcoef(pred, t)[0, 1]) if np.std(t) > 0 and np.std(pred) > 0 else 0.0
-    result = {"A": A.tolist(), "b": b, "n": int(S.shape[0]), "train_r": r}
-    if store:
-        model.meta["size_model"] = result
-    return result
-
-
-def zoomed_views(model: ModelBase, images: Iterable[np.ndarray], labels: Sequence[np.ndarray], *,
-                 n_per_image: int = 4, jitter: float = 2.0, crop: int = 224, seed: int = 0,
-                 native: bool = False, batch_size: int = 8,
-                 progress: ProgressCallback | None = None,
-                 cancel: CancelToken = None) -> tuple[list, list]:
-    """Styles and log apparent diameters of random zoomed views of labelled images.
-
-    ``images`` may be any iterable (e.g. a generator preparing one image at a time).  Each
-    view zooms a prepared image ``(H, W, C)`` so its median object diameter becomes
-    log-uniform in ``[diam_mean / jitter, diam_mean * jitter]`` (``native``: in
-    ``[d / jitter, d * jitter]`` around the image's own diameter ``d``, the scale at which
-    :func:`estimate_diameter` computes styles), and is cropped at random to at most ``crop``
-    x ``crop``.  Images without objects are skipped.
-
-    Returns
-    -------
-    styles : list of np.ndarray
-        The network's style vector of each view.
-    targets : list of float
-        ``log`` of the apparent median diameter in each view.
-    """
-    if jitter < 1.0:
-        raise ValueError(f"jitter must be >= 1, got {jitter}")
-    rng = np.random.default_rng(seed)
-    styles, targets = [], []
-    total = len(labels) * int(n_per_image)
-    for k, (x, lab) in enumerate(zip(images, labels)):
-        check_cancel(cancel)
-        d_true, _ = mask_diameters(lab)
-        if d_true <= 0:
-            continue
-        views = []
-        for _ in range(int(n_per_image)):
-            centre = d_true if native else model.diam_mean
-            apparent = centre * float(np.exp(rng.uniform(-np.log(jitter), np.log(jitter))))
-            xr = resize_image(x, scale=apparent / d_true)
-            H, W = xr.shape[:2]
-            y0 = int(rng.integers(0, max(1, H - crop + 1)))
-            x0 = int(rng.integers(0, max(1, W - crop + 1)))
-            views.append(xr[y0:y0 + crop, x0:x0 + crop])
-            targets.append(float(np.log(d_true * xr.shape[0] / x.shape[0])))  # actual size
-        for v in views:
-            _, st = run_tiled(model.net, v, batch_size=batch_size, cancel=cancel)
-            styles.append(st)
-        report(progress, "size", min((k + 1) * int(n_per_image), total), total, "style vectors")
-    return styles, targets
-
-
-def calibrate_size_model(model: ModelBase, images: Sequence[np.ndarray],
-                         labels: Sequence[np.ndarray], size_model: dict, *,
-                         n_views: int = 12, jitter: float = 1.5, crop: int = 224,
-                         seed: int = 0, batch_size: int = 8,
-                         progress: ProgressCallback | None = None,
-                         cancel: CancelToken = None) -> dict:
-    """Keep a size model's regression and fit only its offset on a few labelled images.
-
-    Parameters
-    ----------
-    model : ModelBase
-        The (fine-tuned) model whose network gives the styles.
-    images : sequence of np.ndarray
-        Prepared (channel-selected, normalised) 2D images ``(H, W, C)``.
-    labels : sequence of np.ndarray
-        Their int labels.
-    size_model : dict
-        The regression to keep (``{"A": [...], "b": float}``, usually the start model's).
-    n_views : int
-        Zoomed views in all, spread over the images (at least 4 per image).
-    jitter, crop, seed, batch_size
-        See :func:`zoomed_views`; the views are zoomed around each image's own scale
-        (``native``), where estimation computes styles: the regression was fitted at
-        ``diam_mean``-sized views and may extrapolate badly to objects far from that size
-        (e.g. 65-px cells for the 17-px nuclei model), which an offset fitted at
-        ``diam_mean`` would not correct.
-
-    Returns
-    -------
-    dict
-        ``{"A", "b", "n", "train_r", "offset", "b_start"}``: ``b = b_start + offset`` where
-        ``offset`` is the median of ``log(true) - log(predicted)`` over the views;
-        ``train_r``: correlation of predicted and true log diameters on the views.
-
-    Raises
-    ------
-    ValueError
-        When no image has objects or the regression does not match the network's styles.
-    """
-    per = max(4, -(-int(n_views) // max(1, len(images))))
-    styles, targets = zoomed_views(model, images, labels, n_per_image=per, jitter=jitter,
-                                   crop=crop, seed=seed, native=True, batch_size=batch_size,
-                                   progress=progress, cancel=cancel)
-    if not styles:
-        raise ValueError("calibrating the size model needs label images with objects")
-    A = np.asarray(size_model["A"], np.float64)
-    S = np.asarray(styles, np.float64)
-    if S.shape[1] != A.size:
-        raise ValueError(f"size model expects styles of length {A.size}, got {S.shape[1]}")
-    b0 = float(size_model["b"])
-    t = np.asarray(targets, np.float64)
-    pred = S @ A + b0
-    offset = float(np.median(t - pred))
-    r = float(np.corrcoef(pred, t)[0, 1]) if np.std(t) > 0 and np.std(pred) > 0 else 0.0
-    return {"A": A.tolist(), "b": b0 + offset, "n": int(S.shape[0]), "train_r": r,
-            "offset": offset, "b_start": b0}

@@ -24,7 +24,11 @@ import torch
 from ..network.tiling import inference_net, pad_amounts, tile_starts
 from ..progress import CancelToken, check_cancel
 
-__all__ = ["encoder_styles", "spread", "tiles_style"]
+__all__ = ["ENCODER_SHARE", "encoder_styles", "spread", "tiles_style"]
+
+#: the encoder's share of the network's floating-point work (0.41 for the standard
+#: 32-64-128-256 and the 16-...-128 networks, ``torch.utils.flop_counter`` on 224 tiles)
+ENCODER_SHARE = 0.41
 
 
 def spread(n: int, k: int) -> np.ndarray:
