@@ -27,9 +27,11 @@ Usage::
 ``--real``: the default path on real ~1 MP images instead (see :func:`real_images`): for each
 bundled model and image, ``Model.segment(image)`` (diameter estimated) next to
 ``Model.segment(image, diameter=<that estimate>)``, interleaved, best of ``--runs``; the
-estimate, whether the estimate's own pass was kept, AP@0.5 of both against the image's
-labels; with ``--peer`` also Cellpose 3.1's ``models.Cellpose.eval(diameter=None)`` path
-(``SizeModel.eval`` then ``eval``) with the same weights and our size model::
+estimate, the crops' median, whether the estimate's own pass was kept, the estimate as made
+before crops (:func:`whole_refinement`, untimed) and the labels' median diameter, AP@0.5 of
+both against the image's labels; with ``--peer`` also Cellpose 3.1's
+``models.Cellpose.eval(diameter=None)`` path (``SizeModel.eval`` then ``eval``) with the
+same weights and our size model::
 
     python benchmarks/bench_segment.py --real --runs 2 [--peer PEER_PYTHON] [--json out.json]
 """
@@ -53,6 +55,7 @@ from flowseg.engine.data.synthetic import make_sample
 from flowseg.engine.flows.metrics import average_precision, match_stats
 from flowseg.engine.inference.base import available_models
 from flowseg.engine.inference.model import Model
+from flowseg.engine.inference.size import mask_diameters
 
 HERE = Path(__file__).resolve().parent
 
@@ -258,6 +261,17 @@ def size_model_for_cellpose(model: Model, path: Path, width: int = 32) -> Path:
     return path
 
 
+def whole_refinement(model: Model, img: np.ndarray) -> float:
+    """The estimate as made before crops (untimed, for comparison): the size model on
+    ``STYLE_TILES`` tiles, then the median mask diameter of one whole-image pass there."""
+    from flowseg.engine.inference.prepare import prepare_input
+    from flowseg.engine.inference.size import min_estimate, refine_at, regression_diameter
+
+    x, _ = prepare_input(model, img)
+    d = refine_at(model, x, regression_diameter(model, x, budget=False)).diameter
+    return max(min_estimate(model), d)
+
+
 def run_real(a) -> int:
     """``--real``: default path vs given diameter (and Cellpose 3.1's size path) per image."""
     rows = []
@@ -285,15 +299,20 @@ def run_real(a) -> int:
                     t_giv.append(time.perf_counter() - t0)
                 ap_def, ap_giv = (float(average_precision(lab, s.masks, thresholds=(0.5,))[0])
                                   for s in (seg, giv))
+                old = whole_refinement(model, img)
                 row = {"model": name, "image": fname, "shape": list(img.shape),
                        "estimate": est, "segmented_at": float(seg.diameter),
                        "size_model": seg.params.get("diameter_size_model"),
                        "kept": seg.params.get("estimate_pass_kept"),
+                       "crops": seg.params.get("diameter_crops"), "whole_refinement": old,
+                       "labels": float(mask_diameters(lab)[0]),
                        "t_default": min(t_def), "t_given": min(t_giv),
                        "ap_default": ap_def, "ap_given": ap_giv}
                 line = (f"{name} {fname} {img.shape[0]}x{img.shape[1]}: estimate "
                         f"{est:.1f} px (size model {row['size_model'] or float('nan'):.1f}, "
-                        f"pass kept: {row['kept']}) | default {row['t_default']:.2f} s, given "
+                        f"crops {row['crops'] or float('nan'):.1f}, pass kept: {row['kept']}; "
+                        f"whole-image refinement {old:.1f} ({100 * (est / old - 1):+.1f} %), "
+                        f"labels {row['labels']:.1f}) | default {row['t_default']:.2f} s, given "
                         f"{row['t_given']:.2f} s, x{row['t_default'] / row['t_given']:.2f} | "
                         f"AP@0.5 {ap_def:.3f} / {ap_giv:.3f}")
                 if peer is not None:
@@ -320,9 +339,15 @@ def run_real(a) -> int:
     for name in a.models:
         r = [x for x in rows if x["model"] == name]
         tot_d, tot_g = sum(x["t_default"] for x in r), sum(x["t_given"] for x in r)
+        dev = [abs(x["estimate"] / x["whole_refinement"] - 1) for x in r]
+        lab = [abs(x["estimate"] / x["labels"] - 1) for x in r]
+        old = [abs(x["whole_refinement"] / x["labels"] - 1) for x in r]
         print(f"{name}: {len(r)} images, default {tot_d:.1f} s / given {tot_g:.1f} s = "
               f"x{tot_d / tot_g:.2f}; mean AP@0.5 {np.mean([x['ap_default'] for x in r]):.3f}"
-              f" / {np.mean([x['ap_given'] for x in r]):.3f}", flush=True)
+              f" / {np.mean([x['ap_given'] for x in r]):.3f}; estimate within 5 % of the "
+              f"whole-image refinement on {sum(d <= 0.05 for d in dev)}/{len(r)}; median "
+              f"error vs the labels' median diameter {100 * np.median(lab):.1f} % (whole-image "
+              f"refinement {100 * np.median(old):.1f} %)", flush=True)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

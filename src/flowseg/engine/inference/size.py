@@ -3,16 +3,16 @@
 A model may carry a *size model* in its metadata, ``meta["size_model"] = {"A": [...],
 "b": float}``, a linear regression ``log(diameter) = A . style + b`` from the network's style
 vector (computed on the image at its own resolution) to the object diameter in pixels.
-:func:`estimate_diameter` applies it (:func:`regression_diameter`: the style of
-:data:`STYLE_TILES` tiles spread over the image, from the encoder alone), then segments the
-image at that diameter and returns the median diameter of the masks (the regression
-estimate if nothing was found) (:func:`refine_estimate`).  An image of up to
-:data:`SMALL_CROPS` crops at the network's scale is segmented whole (:func:`refine_at`) and
-``Model.segment(diameter=None)`` keeps that segmentation when its median diameter is within
-:data:`REUSE_TOLERANCE` of the diameter it was made at (no second network pass); a larger
-image is measured on a sample of crops
-(:func:`~flowseg.engine.inference.crops.refine_on_crops`: at most about a quarter of a
-pass), then segmented once at the estimate.  Estimates never go below
+:func:`estimate_diameter` applies it (:func:`regression_diameter`: the style of a few tiles
+spread over the image, from the encoder alone, as many as cost at most :data:`STYLE_BUDGET`
+of a segmentation pass), then refines it (:func:`refine_estimate`): a large image is first
+measured on a sample of crops at that diameter
+(:func:`~flowseg.engine.inference.crops.refine_on_crops`, at most about a quarter of a pass);
+then the whole image is segmented once, at the crops' median (a small image: at the size
+model's diameter) (:func:`refine_at`), and the estimate is the median diameter of its masks
+(the diameter the pass was made at if nothing was found).  ``Model.segment(diameter=None)``
+keeps that segmentation when the estimate is within :data:`REUSE_TOLERANCE` of the diameter
+it was made at (no second network pass).  Estimates never go below
 ``diam_mean / MAX_UPSCALE`` (:func:`min_estimate`): a wrong model or an unusual image must
 not make the passes enlarge the image 10x (minutes per image).
 
@@ -212,9 +212,10 @@ def estimate_diameter_prepared(model: ModelBase, x: np.ndarray, *, batch_size: i
     """Diameter estimate for a prepared (channel-selected, normalised) 2D image ``(H, W, C)``.
 
     With a size model: :func:`regression_diameter`, then (``refine``) the median mask
-    diameter of a segmentation at that diameter (:func:`refine_estimate`: the whole image
-    or a sample of crops); without one (or when nothing is found) the median mask diameter
-    of a segmentation at ``diam_mean``.  The result is never below :func:`min_estimate`.
+    diameter of a whole-image segmentation near it (:func:`refine_estimate`: on a large
+    image at the median of a sample of crops); without one the same starting from
+    ``diam_mean``.  When nothing is found: the diameter that pass was made at.  The result
+    is never below :func:`min_estimate`; ``Model.segment(diameter=None)`` gets the same.
     """
     report(progress, "size", 0, 1, "estimating the object size")
     diam = model.diam_mean
@@ -223,10 +224,9 @@ def estimate_diameter_prepared(model: ModelBase, x: np.ndarray, *, batch_size: i
                                    cancel=cancel)
     if refine:
         check_cancel(cancel)
-        d, _, _ = refine_estimate(model, x, diam, batch_size=batch_size, progress=progress,
-                                  cancel=cancel)
-        if d > 0:
-            diam = max(min_estimate(model), d)
+        d, ref, _ = refine_estimate(model, x, diam, batch_size=batch_size, progress=progress,
+                                    cancel=cancel)
+        diam = max(min_estimate(model), d) if d > 0 else ref.at
     report(progress, "size", 1, 1, "estimating the object size")
     return float(diam)
 
