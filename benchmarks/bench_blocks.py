@@ -109,12 +109,15 @@ def child_blocks(args: argparse.Namespace) -> dict:
 
 
 def _child(mode: str, args: argparse.Namespace, **extra: str) -> dict:
+    load0 = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "--child", mode, "--model", args.model,
            "--diameter", str(args.diameter), "--block-size", str(args.block_size)]
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     run = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out["load_before_after"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+    return out
 
 
 def main() -> None:
