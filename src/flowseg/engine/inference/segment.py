@@ -83,12 +83,12 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
     """Estimate the diameter of a prepared 2D image, keeping the estimate's pass if it fits.
 
     The size model's diameter (:func:`~flowseg.engine.inference.size.regression_diameter`)
-    is refined by the median diameter of the masks of a segmentation at it
-    (:func:`~flowseg.engine.inference.size.refine_estimate`, with the caller's network
-    options): of the whole image when it is small, else of a sample of crops.  When a
-    whole-image pass measures a median within
-    :data:`~flowseg.engine.inference.size.REUSE_TOLERANCE` of the diameter it was made at,
-    that pass is the segmentation (no second network pass).  Returns the diameter to
+    is refined (:func:`~flowseg.engine.inference.size.refine_estimate`, with the caller's
+    network options): a large image is first measured on a sample of crops at it, then the
+    whole image is segmented once at the crops' median (a small image: at the size model's
+    diameter) and the estimate is the median diameter of its masks.  When that is within
+    :data:`~flowseg.engine.inference.size.REUSE_TOLERANCE` of the diameter the pass was made
+    at, the pass is the segmentation (no second network pass).  Returns the diameter to
     segment at, the pass to keep (or None) and the record for ``params``.
     """
     progress, cancel = opts["progress"], opts["cancel"]
