@@ -125,6 +125,39 @@ def peak_rss_mb() -> float:
     return r / 2 ** 20 if sys.platform == "darwin" else r / 1024.0
 
 
+#: glibc ``mallopt`` settings for a worker process: network activations (a few MB to tens of MB
+#: each) come from the heap and are reused instead of being mapped and zeroed by the kernel at
+#: every allocation.  dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which
+#: turns off glibc's adaptive mmap threshold: a 100^3 3D run then spent 20 s in the kernel
+#: (40 s wall) against 0.2 s (20 s wall) with these settings.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_TUNED = False
+
+
+def tune_malloc(mmap_threshold: int = 1 << 26, trim_threshold: int = 1 << 27) -> bool:
+    """Let a worker process reuse freed heap memory for large arrays (glibc only; once).
+
+    Only in a process started for the work (a dask worker: it has a multiprocessing parent);
+    the caller's own process (napari, a notebook, threads-mode workers) is left as it is.
+    Returns whether the settings were applied.
+    """
+    global _MALLOC_TUNED
+    import multiprocessing
+
+    if (_MALLOC_TUNED or not sys.platform.startswith("linux")
+            or multiprocessing.parent_process() is None):
+        return False
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
+                    and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+
+
 def _set_threads(n: int | None) -> None:
     if n is None:
         return
@@ -157,6 +190,7 @@ def segment_block(spec: RunSpec, block: Block, model: Any, data: Any,
     """
     flag = FileFlag(spec.flag)
     check_cancel(flag)
+    tune_malloc()
     _set_threads(spec.threads)
     t0 = time.perf_counter()
     lay = spec.layout
