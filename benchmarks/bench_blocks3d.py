@@ -9,7 +9,7 @@ faces; nothing is stored on disk), and a foreground mask keeps the same few bloc
 volume, blocks segmented / planned, the largest worker peak RSS, the caller's peak RSS and
 the wall time, next to the engine's per-task estimate::
 
-    python benchmarks/bench_blocks3d.py                       # 3 volume sizes, block 64
+    python benchmarks/bench_blocks3d.py                       # 3 volume sizes, block 128
     python benchmarks/bench_blocks3d.py --shapes 1024,1024,1024 --block-size 128
 
 ``--agreement`` instead segments a 3D volume that fits in memory (synthetic nuclei,
@@ -69,6 +69,13 @@ def child(args: argparse.Namespace) -> dict:
     vol = da.tile(tile, tuple(s // TILE for s in shape)).rechunk(128)
     # a foreground mask at 1/8 resolution: one cell at the centre of each chosen block's
     # core, out of reach of the neighbours' padded regions, so exactly those blocks run
+    from flowseg.engine.blocks.plan import default_overlap
+
+    overlap = max(default_overlap(args.diameter, 3))
+    if args.block_size // 2 - 8 < overlap:
+        raise SystemExit(f"--block-size {args.block_size}: a block's centre lies within the "
+                         f"{overlap}-voxel overlap of its neighbours, so the mask would select "
+                         f"them too; use a block size >= {2 * (overlap + 8)}")
     grid = tuple(-(-s // args.block_size) for s in shape)
     mask = np.zeros(tuple(-(-s // 8) for s in shape), bool)
     for k in range(args.blocks):
@@ -134,7 +141,7 @@ def agreement(args: argparse.Namespace) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="Z,Y,X (multiples of 64)")
-    ap.add_argument("--block-size", type=int, default=64, help="0: the engine's default")
+    ap.add_argument("--block-size", type=int, default=128, help="0: the engine's default")
     ap.add_argument("--blocks", type=int, default=2, help="blocks segmented in every volume")
     ap.add_argument("--diameter", type=float, default=17.0)
     ap.add_argument("--model", default="nuclei")
