@@ -1,0 +1,211 @@
+"""Diameter estimation of the default path (``Model.segment(image)``, diameter=None), counted.
+
+For each image: the size model's diameter, the crops' median, the final estimate, the
+median equivalent-circle diameter of the image's labels, whether the estimate's own
+whole-image pass was kept, the network *work* of the default path and of the given-diameter
+path at the estimate (``Model.segment(image, diameter=estimate)``), and AP@0.5 of both
+against the labels; then totals per model (sum of work / sum of work), the median relative
+error of the estimates against the labels' median and, with ``--baseline``, how many
+estimates are within 5 % of an earlier run's.
+
+Work is counted, not timed, so the numbers are deterministic and do not depend on the load
+of the machine: pixels through the whole network (every batch of
+:func:`flowseg.engine.network.tiling.forward`, which ``run_tiled`` and the crops use) plus
+the pixels of the encoder-only style tiles
+(:func:`flowseg.engine.inference.style.encoder_styles`) at
+:data:`~flowseg.engine.inference.style.ENCODER_SHARE` (41 %) of a network pixel.
+
+Image sets (``--set``):
+
+* ``real``: the images of ``benchmarks/bench_segment.py --real``: the six held-out
+  Usiigaci phase-contrast images (1022 x 1024) with ``cyto`` and the five Data Science Bowl
+  images of about 1 MP with ``nuclei``;
+* ``other``: images not in ``real``, to check that nothing is tuned to those eleven: every
+  DSB validation image (``recipes/splits/dsb2018_val.txt``) larger than 256 x 320 other
+  than the ``real`` ones (520 x 696, 603 x 1272, 1024 x 1024) with ``nuclei``, and six other
+  Usiigaci images (training images of ``cyto``) with ``cyto``.
+
+Usage (the commands behind the table in docs/segment.md, "Diameter estimation")::
+
+    python benchmarks/bench_estimate.py --set real --json runs/estimate_real.json
+    python benchmarks/bench_estimate.py --set other --json runs/estimate_other.json
+
+``--baseline OLD.json`` compares the estimates with those of an earlier ``--json`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import flowseg.engine  # noqa: F401  (sets the OpenMP wait policy before torch loads)
+from flowseg.engine.flows.metrics import average_precision
+from flowseg.engine.inference import style as style_mod
+from flowseg.engine.inference.crops import mask_diameters
+from flowseg.engine.inference.model import Model
+from flowseg.engine.inference.style import ENCODER_SHARE
+from flowseg.engine.network import tiling as tiling_mod
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+#: the ``real`` set (as ``bench_segment.REAL``)
+REAL = {
+    "nuclei": [f"dsb2018/train/{n}.png" for n in (
+        "08275a5b1c2dfcd7", "1a11552569160f0b", "4217e25defac94ff", "8d05fb18ee0cda10",
+        "c901794d1a421d52")],
+    "cyto": [f"usiigaci/train/set{k:02d}.tif" for k in (1, 8, 16, 21, 28, 34)],
+}
+#: Usiigaci images of the ``other`` set (not held out from ``cyto``'s training)
+OTHER_USIIGACI = (3, 6, 11, 14, 19, 25)
+
+
+def other_images(data: Path) -> dict[str, list[str]]:
+    """The ``other`` set: DSB validation images larger than 256 x 320 not in :data:`REAL`,
+    and the Usiigaci images :data:`OTHER_USIIGACI`."""
+    import imageio.v3 as iio
+
+    names = (ROOT / "recipes" / "splits" / "dsb2018_val.txt").read_text().split()
+    dsb = []
+    for n in sorted(names):
+        rel = f"dsb2018/train/{n if n.endswith('.png') else n + '.png'}"
+        if rel in REAL["nuclei"]:
+            continue
+        shape = iio.improps(data / rel).shape
+        if shape[0] * shape[1] > 256 * 320:
+            dsb.append(rel)
+    return {"nuclei": dsb,
+            "cyto": [f"usiigaci/train/set{k:02d}.tif" for k in OTHER_USIIGACI]}
+
+
+def load(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
+    """2D gray float32 image (RGB: the mean of R, G, B) and int32 labels of ``rel``."""
+    import imageio.v3 as iio
+    import tifffile
+
+    path = data / rel
+    img = tifffile.imread(path) if path.suffix == ".tif" else iio.imread(path)
+    img = np.asarray(img, np.float32)
+    if img.ndim == 3:
+        img = img[..., :3].mean(-1)
+    lab = iio.imread(path.with_name(path.stem + "_masks.png")).astype(np.int32)
+    return img, lab
+
+
+class WorkCounter:
+    """Counts pixels through the network (whole) and the encoder alone while installed."""
+
+    def __init__(self) -> None:
+        self.net = 0
+        self.encoder = 0
+        self._orig = (tiling_mod.forward, style_mod.encoder_styles)
+
+    def __enter__(self) -> WorkCounter:
+        fwd, enc = self._orig
+
+        def fwd_spy(net, x):
+            self.net += x.shape[0] * x.shape[2] * x.shape[3]
+            return fwd(net, x)
+
+        def enc_spy(net, x):
+            self.encoder += x.shape[0] * x.shape[2] * x.shape[3]
+            return enc(net, x)
+
+        tiling_mod.forward, style_mod.encoder_styles = fwd_spy, enc_spy
+        return self
+
+    def __exit__(self, *exc) -> None:
+        tiling_mod.forward, style_mod.encoder_styles = self._orig
+
+    @property
+    def work(self) -> float:
+        """Network pixels, encoder-only pixels counted at ``ENCODER_SHARE``."""
+        return self.net + ENCODER_SHARE * self.encoder
+
+
+def measure(model: Model, img: np.ndarray, lab: np.ndarray) -> dict:
+    """One image: the default path and the given-diameter path at its estimate."""
+    with WorkCounter() as wd:
+        seg = model.segment(img)
+    p = seg.params
+    est = float(p.get("diameter_estimate", seg.diameter))
+    with WorkCounter() as wg:
+        giv = model.segment(img, diameter=est)
+    ap_d, ap_g = (float(average_precision(lab, s.masks, thresholds=(0.5,))[0])
+                  for s in (seg, giv))
+    return {"size_model": p.get("diameter_size_model"), "crops": p.get("diameter_crops"),
+            "crop_objects": p.get("crop_objects"), "estimate": est,
+            "segmented_at": float(seg.diameter), "kept": bool(p.get("estimate_pass_kept")),
+            "labels": float(mask_diameters(lab)[0]), "n_labels": int(lab.max()),
+            "work_default": wd.work, "work_given": wg.work,
+            "ap_default": ap_d, "ap_given": ap_g}
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=("real", "other"), default="real")
+    ap.add_argument("--models", nargs="+", default=["cyto", "nuclei"])
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get(
+        "FLOWSEG_DATA", ROOT.parent / "shared" / "data")), help="shared data folder")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--baseline", type=Path, help="an earlier --json: compare estimates")
+    ap.add_argument("--limit", type=int, default=0, help="at most this many images per model")
+    a = ap.parse_args()
+    sets = REAL if a.set == "real" else other_images(a.data)
+    base = {}
+    if a.baseline:
+        base = {(r["model"], r["image"]): r for r in json.loads(a.baseline.read_text())}
+    rows = []
+    print("model image | size model | crops (objects) | estimate | labels | kept | "
+          "work default/given | AP@0.5 default / given", flush=True)
+    for name in a.models:
+        model = Model.load(name)
+        for rel in sets[name][:a.limit or None]:
+            img, lab = load(a.data, rel)
+            r = {"model": name, "image": Path(rel).stem, "shape": list(img.shape),
+                 **measure(model, img, lab)}
+            rows.append(r)
+            old = base.get((name, r["image"]))
+            extra = "" if old is None else (
+                f" | baseline {old['estimate']:.1f} "
+                f"({100 * (r['estimate'] / old['estimate'] - 1):+.1f} %)")
+            print(f"{name} {r['image']} {img.shape[0]}x{img.shape[1]} | {_f(r['size_model'])} | "
+                  f"{_f(r['crops'])} ({'-' if r['crop_objects'] is None else r['crop_objects']}) | "
+                  f"{r['estimate']:.1f} | {r['labels']:.1f} | {'yes' if r['kept'] else 'no'} | "
+                  f"{r['work_default'] / r['work_given']:.2f}x | "
+                  f"{r['ap_default']:.3f} / {r['ap_given']:.3f}{extra}", flush=True)
+    for name in a.models:
+        r = [x for x in rows if x["model"] == name]
+        if not r:
+            continue
+        wd, wg = sum(x["work_default"] for x in r), sum(x["work_given"] for x in r)
+        err = [abs(x["estimate"] / x["labels"] - 1) for x in r]
+        line = (f"{name}: {len(r)} images, work default/given {wd / 1e6:.1f} / "
+                f"{wg / 1e6:.1f} M px = {wd / wg:.2f}x; kept {sum(x['kept'] for x in r)} of "
+                f"{len(r)}; mean AP@0.5 {np.mean([x['ap_default'] for x in r]):.3f} / "
+                f"{np.mean([x['ap_given'] for x in r]):.3f}; median error vs labels "
+                f"{100 * np.median(err):.1f} %")
+        old = [(x, base[(name, x["image"])]) for x in r if (name, x["image"]) in base]
+        if old:
+            near = sum(abs(x["estimate"] / o["estimate"] - 1) <= 0.05 for x, o in old)
+            oerr = [abs(o["estimate"] / x["labels"] - 1) for x, o in old]
+            line += (f"; within 5 % of the baseline on {near}/{len(old)} (baseline median "
+                     f"error {100 * np.median(oerr):.1f} %)")
+        print(line, flush=True)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
