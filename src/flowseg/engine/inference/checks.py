@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import InputError, NotEnoughMemoryError
 from ..flows.params import MaskParams
 from ..memory import MemoryEstimate, estimate_segment_memory
+from .prepare import check_diameter as _check_diameter_value
 from .prepare import spatial_ndim
 from .transforms import to_channels_last
 
@@ -247,15 +248,9 @@ def check_image(image: Any, *, channels: Optional[Sequence] = None,
 def check_diameter(diameter: Any, spatial_shape: Optional[Sequence[int]] = None
                    ) -> Optional[float]:
     """A diameter in pixels: None, or a finite number > 0 not larger than the image."""
-    if diameter is None:
+    d = _check_diameter_value(diameter)
+    if d is None:
         return None
-    try:
-        d = float(diameter)
-    except (TypeError, ValueError):
-        raise InputError(f"diameter must be a number > 0 or None, got {diameter!r}") from None
-    if not math.isfinite(d) or d <= 0:
-        raise InputError(f"diameter must be a finite number > 0 (or None to estimate it), "
-                         f"got {diameter!r}")
     if spatial_shape is not None and d > max(spatial_shape[-2:]):
         size = " x ".join(map(str, spatial_shape[-2:]))
         raise InputError(f"diameter {d:g} px is larger than the image ({size} px): give the "

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..errors import InputError
 from ..network.tiling import run_tiled
 from ..progress import check_cancel, report
 from .base import ModelBase
@@ -29,16 +30,16 @@ Normalize = Union[bool, Sequence[float]]
 WHOLE_MAX = 1024 * 1024
 
 
-def check_diameter(diameter: Optional[float]) -> Optional[float]:
-    """Validate a user diameter (None, or a finite number > 0)."""
+def check_diameter(diameter: Any) -> Optional[float]:
+    """Validate a user diameter (None, or a finite number > 0; else :class:`InputError`)."""
     if diameter is None:
         return None
     try:
         d = float(diameter)
     except (TypeError, ValueError):
-        raise ValueError(f"diameter must be a number > 0 or None, got {diameter!r}") from None
+        raise InputError(f"diameter must be a number > 0 or None, got {diameter!r}") from None
     if not math.isfinite(d) or d <= 0:
-        raise ValueError(f"diameter must be a finite number > 0 (or None to estimate it), "
+        raise InputError(f"diameter must be a finite number > 0 (or None to estimate it), "
                          f"got {diameter!r}")
     return d
 
