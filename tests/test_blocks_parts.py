@@ -308,7 +308,7 @@ def test_default_3d_block_keeps_a_task_within_the_budget():
             assert task_memory(make_plan(shape, edge + 32, diameter=d), model, 1, True,
                                d) > TASK_BUDGET
     # objects smaller than the model's are enlarged (8x the voxels at half the size)
-    assert edges[17.0] == 256 and edges[8.0] < edges[17.0]
+    assert edges[8.0] < edges[17.0] <= 256
     # a task's memory does not depend on the size of the volume
     plan_a = make_plan((512, 512, 512), 128, diameter=17.0)
     plan_b = make_plan((4096, 4096, 4096), 128, diameter=17.0)

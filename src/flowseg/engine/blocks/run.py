@@ -79,14 +79,20 @@ WORKER_BASE = int(0.33 * 2 ** 30)
 #: region (``2 * channels``, uint16), its float32 network channels (``4 * nchan``, kept
 #: during the run) and the block's labels (int32, twice while the core is cut out).
 BLOCK_BUFFERS = 8
+#: Worker processes keep freed arrays of up to 64 MB in their heap for reuse
+#: (:func:`~flowseg.engine.blocks.work.tune_malloc`, 2x faster network passes), so a task's
+#: peak is higher than the in-memory estimate of the same work: 196^3 3D blocks peaked at
+#: 2333-2421 MB against 1447 MB predicted without this factor (benchmarks/bench_blocks3d.py).
+#: It scales the task's own memory (everything but :data:`WORKER_BASE`).
+WORKER_HEAP = 1.9
 
 
 def task_memory(plan: BlockPlan, model: Any, nchan: int, do_3d: bool,
                 diameter: float | None, anisotropy: float | None = None) -> int:
     """Predicted peak resident memory (bytes) of a worker process segmenting ``plan``'s
-    largest block: :data:`WORKER_BASE`, the in-memory estimate of ``Model.segment`` on the
-    padded block (:func:`flowseg.engine.memory.estimate_segment_memory`) and the task's own
-    buffers.
+    largest block: :data:`WORKER_BASE` plus :data:`WORKER_HEAP` times the in-memory estimate
+    of ``Model.segment`` on the padded block
+    (:func:`flowseg.engine.memory.estimate_segment_memory`) and the task's own buffers.
 
     Parameters
     ----------
@@ -104,8 +110,8 @@ def task_memory(plan: BlockPlan, model: Any, nchan: int, do_3d: bool,
                                   do_3d=bool(do_3d) and three, diameter=diameter,
                                   anisotropy=anisotropy if three else None, available=1)
     px = math.prod(shape)
-    return int(WORKER_BASE + est.working +
-               px * (2 * nchan + 4 * int(getattr(model, "nchan", 2)) + BLOCK_BUFFERS))
+    task = est.working + px * (2 * nchan + 4 * int(getattr(model, "nchan", 2)) + BLOCK_BUFFERS)
+    return int(WORKER_BASE + WORKER_HEAP * task)
 
 
 def default_block_size(shape: Sequence[int], model: Any, nchan: int, do_3d: bool,
