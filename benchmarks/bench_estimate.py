@@ -10,7 +10,8 @@ estimates are within 5 % of an earlier run's.
 
 Work is counted, not timed, so the numbers are deterministic and do not depend on the load
 of the machine: pixels through the whole network (every batch of
-:func:`flowseg.engine.network.tiling.forward`, which ``run_tiled`` and the crops use) plus
+:func:`flowseg.engine.network.tiling.forward`, which ``run_tiled`` uses, and of
+:func:`flowseg.engine.inference.crops.crops_forward`, crops sharing one style) plus
 the pixels of the encoder-only style tiles
 (:func:`flowseg.engine.inference.style.encoder_styles`) at
 :data:`~flowseg.engine.inference.style.ENCODER_SHARE` (41 %) of a network pixel.
@@ -21,7 +22,7 @@ Image sets (``--set``):
   Usiigaci phase-contrast images (1022 x 1024) with ``cyto`` and the five Data Science Bowl
   images of about 1 MP with ``nuclei``;
 * ``other``: images not in ``real``, to check that nothing is tuned to those eleven: every
-  DSB validation image (``recipes/splits/dsb2018_val.txt``) larger than 256 x 320 other
+  DSB validation image (``recipes/splits/dsb2018_val.txt``) larger than 360 x 360 other
   than the ``real`` ones (520 x 696, 603 x 1272, 1024 x 1024) with ``nuclei``, and six other
   Usiigaci images (training images of ``cyto``) with ``cyto``.
 
@@ -45,6 +46,9 @@ import numpy as np
 
 import flowseg.engine  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 from flowseg.engine.flows.metrics import average_precision
+from flowseg.engine.inference import crops as crops_mod
+from flowseg.engine.inference import segment as segment_mod
+from flowseg.engine.inference import size as size_mod
 from flowseg.engine.inference import style as style_mod
 from flowseg.engine.inference.crops import mask_diameters
 from flowseg.engine.inference.model import Model
@@ -62,11 +66,11 @@ REAL = {
     "cyto": [f"usiigaci/train/set{k:02d}.tif" for k in (1, 8, 16, 21, 28, 34)],
 }
 #: Usiigaci images of the ``other`` set (not held out from ``cyto``'s training)
-OTHER_USIIGACI = (3, 6, 11, 14, 19, 25)
+OTHER_USIIGACI = (3, 6, 11, 14, 20, 25)
 
 
 def other_images(data: Path) -> dict[str, list[str]]:
-    """The ``other`` set: DSB validation images larger than 256 x 320 not in :data:`REAL`,
+    """The ``other`` set: DSB validation images larger than 360 x 360 not in :data:`REAL`,
     and the Usiigaci images :data:`OTHER_USIIGACI`."""
     import imageio.v3 as iio
 
@@ -77,7 +81,7 @@ def other_images(data: Path) -> dict[str, list[str]]:
         if rel in REAL["nuclei"]:
             continue
         shape = iio.improps(data / rel).shape
-        if shape[0] * shape[1] > 256 * 320:
+        if shape[0] * shape[1] > 360 * 360:
             dsb.append(rel)
     return {"nuclei": dsb,
             "cyto": [f"usiigaci/train/set{k:02d}.tif" for k in OTHER_USIIGACI]}
@@ -97,16 +101,27 @@ def load(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
     return img, lab
 
 
+#: steps of the default path whose work is reported apart: (module, function, label)
+STEPS = ((size_mod, "regression_diameter", "style"),
+         (segment_mod, "regression_diameter", "style"),
+         (size_mod, "refine_on_crops", "crops"), (size_mod, "refine_at", "pass1"))
+
+
 class WorkCounter:
-    """Counts pixels through the network (whole) and the encoder alone while installed."""
+    """Counts pixels through the network (whole) and the encoder alone while installed;
+    ``steps`` gets the work of each step of :data:`STEPS` (the rest: ``pass2``)."""
 
     def __init__(self) -> None:
         self.net = 0
         self.encoder = 0
-        self._orig = (tiling_mod.forward, style_mod.encoder_styles)
+        self.steps: dict[str, float] = {}
+        self._orig = (tiling_mod.forward, style_mod.encoder_styles, crops_mod.crops_forward)
+        self._steps = [(mod, fn, getattr(mod, fn)) for mod, fn, _ in STEPS]
 
     def __enter__(self) -> WorkCounter:
-        fwd, enc = self._orig
+        fwd, enc, crp = self._orig
+        for (mod, fn, orig), (_, _, label) in zip(self._steps, STEPS):
+            setattr(mod, fn, self._step(orig, label))
 
         def fwd_spy(net, x):
             self.net += x.shape[0] * x.shape[2] * x.shape[3]
@@ -116,11 +131,27 @@ class WorkCounter:
             self.encoder += x.shape[0] * x.shape[2] * x.shape[3]
             return enc(net, x)
 
-        tiling_mod.forward, style_mod.encoder_styles = fwd_spy, enc_spy
+        def crp_spy(net, x, *a, **k):
+            self.net += x.shape[0] * x.shape[2] * x.shape[3]
+            return crp(net, x, *a, **k)
+
+        tiling_mod.forward, style_mod.encoder_styles, crops_mod.crops_forward = (
+            fwd_spy, enc_spy, crp_spy)
         return self
 
+    def _step(self, orig, label: str):
+        def wrapped(*a, **k):
+            w0 = self.work
+            try:
+                return orig(*a, **k)
+            finally:
+                self.steps[label] = self.steps.get(label, 0.0) + self.work - w0
+        return wrapped
+
     def __exit__(self, *exc) -> None:
-        tiling_mod.forward, style_mod.encoder_styles = self._orig
+        tiling_mod.forward, style_mod.encoder_styles, crops_mod.crops_forward = self._orig
+        for mod, fn, orig in self._steps:
+            setattr(mod, fn, orig)
 
     @property
     def work(self) -> float:
@@ -139,10 +170,11 @@ def measure(model: Model, img: np.ndarray, lab: np.ndarray) -> dict:
     ap_d, ap_g = (float(average_precision(lab, s.masks, thresholds=(0.5,))[0])
                   for s in (seg, giv))
     return {"size_model": p.get("diameter_size_model"), "crops": p.get("diameter_crops"),
-            "crop_objects": p.get("crop_objects"), "estimate": est,
+            "crop_objects": p.get("crops_objects"), "crops_se": p.get("crops_se"), "estimate": est,
             "segmented_at": float(seg.diameter), "kept": bool(p.get("estimate_pass_kept")),
             "labels": float(mask_diameters(lab)[0]), "n_labels": int(lab.max()),
             "work_default": wd.work, "work_given": wg.work,
+            "work_steps": dict(wd.steps, pass2=wd.work - sum(wd.steps.values())),
             "ap_default": ap_d, "ap_given": ap_g}
 
 
@@ -181,7 +213,9 @@ def main() -> int:
             print(f"{name} {r['image']} {img.shape[0]}x{img.shape[1]} | {_f(r['size_model'])} | "
                   f"{_f(r['crops'])} ({'-' if r['crop_objects'] is None else r['crop_objects']}) | "
                   f"{r['estimate']:.1f} | {r['labels']:.1f} | {'yes' if r['kept'] else 'no'} | "
-                  f"{r['work_default'] / r['work_given']:.2f}x | "
+                  f"{r['work_default'] / r['work_given']:.2f}x ("
+                  + " + ".join(f"{k} {v / r['work_given']:.2f}" for k, v in r["work_steps"].items())
+                  + ") | "
                   f"{r['ap_default']:.3f} / {r['ap_given']:.3f}{extra}", flush=True)
     for name in a.models:
         r = [x for x in rows if x["model"] == name]

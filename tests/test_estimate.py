@@ -15,22 +15,32 @@ from flowseg.engine.inference import crops as crops_mod
 from flowseg.engine.inference import segment as segment_mod
 from flowseg.engine.inference import style as style_mod
 from flowseg.engine.inference.crops import (
+    SPREAD_MIN,
+    _run_crops,
     _whole_objects,
+    crop_side,
     crop_windows,
+    median_precision,
     refine_on_crops,
     spread_order,
     weighted_median,
 )
 from flowseg.engine.inference.model import Model
+from flowseg.engine.inference.prepare import WHOLE_MAX, prepare_input, run_2d
 from flowseg.engine.inference.size import (
+    CONSISTENT,
     MAX_UPSCALE,
     REUSE_TOLERANCE,
+    STYLE_FIRST,
+    combine_estimates,
     mask_diameters,
     min_estimate,
     refine_at,
     regression_diameter,
+    size_sigma,
 )
 from flowseg.engine.inference.style import ENCODER_SHARE, spread, tiles_style
+from flowseg.engine.inference.transforms import resize_image
 from flowseg.engine.network import tiling as tiling_mod
 from flowseg.engine.network.tiling import run_tiled
 from flowseg.engine.progress import Cancelled, ProgressCollector
@@ -191,11 +201,15 @@ def test_crop_median_agrees_with_the_whole_image(cyto, many):
 def _count_work(monkeypatch) -> dict:
     """Pixels through the whole network and through the encoder alone (styles)."""
     work = {"net": 0, "encoder": 0}
-    fwd, enc = tiling_mod.forward, style_mod.encoder_styles
+    fwd, enc, crp = tiling_mod.forward, style_mod.encoder_styles, crops_mod.crops_forward
 
     def fwd_spy(net, x):
         work["net"] += x.shape[0] * x.shape[2] * x.shape[3]
         return fwd(net, x)
+
+    def crp_spy(net, x, pool=None):
+        work["net"] += x.shape[0] * x.shape[2] * x.shape[3]
+        return crp(net, x, pool)
 
     def enc_spy(net, x):
         work["encoder"] += x.shape[0] * x.shape[2] * x.shape[3]
@@ -203,6 +217,7 @@ def _count_work(monkeypatch) -> dict:
 
     monkeypatch.setattr(tiling_mod, "forward", fwd_spy)
     monkeypatch.setattr(style_mod, "encoder_styles", enc_spy)
+    monkeypatch.setattr(crops_mod, "crops_forward", crp_spy)
     return work
 
 
@@ -242,3 +257,77 @@ def test_crops_report_size_progress_and_cancel(cyto, many):
     assert calls == []  # stopped before the first crop ran through the network
     with pytest.raises(Cancelled):
         m.estimate_diameter(many, cancel=lambda: True)
+
+
+def test_median_precision():
+    d, se = median_precision([], [])
+    assert d == 0.0 and se == math.inf
+    one = [np.full(25, 20.0)]  # identical objects: the spread is taken as SPREAD_MIN
+    d, se = median_precision(one, [np.ones(25)])
+    assert d == pytest.approx(20.0) and se == pytest.approx(1.2533 * SPREAD_MIN / 5.0)
+    rng = np.random.default_rng(0)
+    wide = [np.exp(rng.normal(np.log(20.0), 0.5, 400))]  # log-normal sizes, spread 0.5
+    _, se_wide = median_precision(wide, [np.ones(400)])
+    assert se_wide == pytest.approx(1.2533 * 0.5 / 20.0, rel=0.15)
+    # two crops of different sizes: their disagreement (bootstrap over crops) dominates the
+    # object count, which alone would say the median of 50 objects is precise
+    two = [np.full(25, 10.0), np.full(25, 30.0)]
+    _, se_two = median_precision(two, [np.ones(25), np.ones(25)])
+    assert se_two > 0.3 and se_two > 2 * (1.2533 * SPREAD_MIN / np.sqrt(50))
+
+
+def test_combine_estimates():
+    assert combine_estimates(20.0, 0.2, 30.0, math.inf) == 20.0  # no crops: the size model
+    assert combine_estimates(20.0, None, 30.0, 0.1) == 30.0  # size model error unknown
+    assert combine_estimates(20.0, 0.2, 25.0, 0.0) == 25.0  # certain crops
+    d = combine_estimates(20.0, 0.2, 25.0, 0.2)  # equal errors: geometric mean
+    assert d == pytest.approx(np.sqrt(20.0 * 25.0))
+    assert d < combine_estimates(20.0, 0.3, 25.0, 0.1) < 25.0  # nearer the precise crops
+    far = 20.0 * np.exp(CONSISTENT * np.hypot(0.2, 0.1) * 1.01)
+    assert combine_estimates(20.0, 0.2, far, 0.1) == pytest.approx(far)  # inconsistent
+    m = _with_size(Model.load("cyto"), 30.0)
+    assert size_sigma(m) is None
+    m.meta["size_model"]["sigma"] = 0.15
+    assert size_sigma(m) == 0.15
+
+
+def test_style_reads_few_tiles_when_crops_follow(cyto, many, monkeypatch):
+    m = _with_size(cyto, 20.0)  # 512 x 512 at 20 px: ~9 crop areas, crops follow
+    work = _count_work(monkeypatch)
+    regression_diameter(m, many.astype(np.float32))
+    assert work["encoder"] == STYLE_FIRST * 224 * 224
+    small = make_sample("cells", (224, 224), diameter=20, with_nuclei=True, seed=2).image
+    work.update(encoder=0)
+    regression_diameter(m, small.astype(np.float32))  # refined whole: the budget decides
+    assert work["encoder"] >= STYLE_FIRST * 224 * 224
+
+
+def test_crops_share_the_image_style(cyto):
+    """Cells on one half, blank on the other: a crop among the cells has its own style far
+    from the image's, so its network outputs differ from the whole-image pass; decoded with
+    the style pooled over the crops they are close to it (the per-crop style made crops
+    measure objects 3-4 % smaller than the pass on dense DSB images)."""
+    img = make_sample("cells", (384, 768), diameter=20, with_nuclei=True, seed=3).image.copy()
+    img[:, 384:] = img[:, 384:].mean(axis=(0, 1))
+    x, _ = prepare_input(cyto, img, channels=(0, 1), channel_axis=-1)
+    at, r = 20.0, cyto.diam_mean / 20.0
+    c = crop_side(at, cyto.diam_mean)
+    win = crop_windows(x.shape[0], x.shape[1], c, c)
+    n = int(round(c * r))
+    stack = resize_image(np.stack([x[y0:y0 + c, x0:x0 + c] for y0, x0 in win]), (n, n))
+    own, _ = _run_crops(cyto, stack, None, False, batch_size=8, augment=False, cancel=None)
+    shared, _ = _run_crops(cyto, stack, None, True, batch_size=8, augment=False, cancel=None)
+    whole, _ = run_2d(cyto, x[None], r, bsize=224, tile_overlap=0.1, batch_size=8,
+                      augment=False, progress=None, cancel=None, whole_max=WHOLE_MAX)
+    b, d_own, d_shared = 30, [], []
+    for k, (y0, x0) in enumerate(win):
+        if x0 + c > 384:
+            continue  # crops reaching the blank half
+        w = whole[0, :, y0 + b:y0 + c - b, x0 + b:x0 + c - b]
+        for y, out in ((own, d_own), (shared, d_shared)):
+            yk = resize_image(y[k:k + 1], (c, c), channels_last=False)[0]
+            out.append(float(np.abs(yk[:, b:-b, b:-b] - w).mean()))
+    assert len(d_own) >= 4 and np.mean(d_shared) < 0.6 * np.mean(d_own), (d_own, d_shared)
+    single, _ = _run_crops(cyto, stack[:1], None, True, batch_size=8, augment=False,
+                           cancel=None)  # one crop: its own style, as the plain network
+    assert np.abs(single[0] - own[0]).max() < 1e-3
