@@ -30,11 +30,13 @@ from flowseg.engine.inference.prepare import WHOLE_MAX, prepare_input, run_2d
 from flowseg.engine.inference.size import (
     CONSISTENT,
     MAX_UPSCALE,
+    REUSE_FINER,
     REUSE_TOLERANCE,
     STYLE_FIRST,
     combine_estimates,
     mask_diameters,
     min_estimate,
+    pass_fits,
     refine_at,
     regression_diameter,
     size_sigma,
@@ -111,7 +113,7 @@ def test_estimate_pass_is_kept_when_it_fits(cyto, cells, monkeypatch):
     seg = m.segment(cells)
     assert seg.params["estimate_pass_kept"] is True and len(calls) == 1  # one network pass
     assert seg.diameter == pytest.approx(d)  # segmented at the size model's diameter
-    assert abs(math.log(seg.params["diameter_estimate"] / d)) <= math.log1p(REUSE_TOLERANCE)
+    assert pass_fits(d, seg.params["diameter_estimate"])
     same = cyto.segment(cells, diameter=seg.diameter)  # exactly what a given diameter gives
     assert np.array_equal(seg.masks, same.masks) and np.array_equal(seg.flows, same.flows)
     assert np.array_equal(seg.cellprob, same.cellprob)
@@ -138,6 +140,27 @@ def test_estimate_far_from_the_size_model_segments_again(cyto, monkeypatch):
     assert m.estimate_diameter(cells) == pytest.approx(est)  # the same estimate
     same = cyto.segment(cells, diameter=est)
     assert np.array_equal(seg.masks, same.masks)
+
+
+def test_pass_fits_is_asymmetric():
+    assert pass_fits(30.0, 30.0)
+    assert pass_fits(30.0 * (1 + REUSE_TOLERANCE), 30.0)
+    assert not pass_fits(30.0 * (1 + REUSE_TOLERANCE) * 1.01, 30.0)
+    assert pass_fits(30.0 * (1 - REUSE_FINER), 30.0)  # finer: objects drawn larger
+    assert not pass_fits(30.0 * (1 - REUSE_FINER) * 0.99, 30.0)
+    assert REUSE_FINER > REUSE_TOLERANCE
+
+
+def test_finer_pass_is_kept_coarser_is_not(cyto, cells, monkeypatch):
+    d, _ = mask_diameters(cyto.segment(cells, diameter=30).masks)
+    calls = _count_passes(monkeypatch)
+    fine = _with_size(cyto, 0.85 * d).segment(cells)  # 15 % finer than the objects
+    p = fine.params
+    assert p["estimate_pass_kept"] is True and len(calls) == 1, p
+    assert fine.diameter == pytest.approx(0.85 * d) and p["diameter_estimate"] > fine.diameter
+    calls.clear()
+    coarse = _with_size(cyto, 1.2 * d).segment(cells)  # 20 % coarser: segmented again
+    assert coarse.params["estimate_pass_kept"] is False and len(calls) == 2
 
 
 def test_estimate_reports_size_progress_through_the_pass(cyto, cells):

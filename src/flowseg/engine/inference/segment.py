@@ -30,10 +30,10 @@ from .base import ModelBase
 from .prepare import WHOLE_MAX, Normalize, check_diameter, default_niter, prepare_input, run_2d
 from .result import Segmentation
 from .size import (
-    REUSE_TOLERANCE,
     Refinement,
     estimate_diameter_prepared,
     min_estimate,
+    pass_fits,
     refine_estimate,
     regression_diameter,
 )
@@ -86,10 +86,10 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
     is refined (:func:`~flowseg.engine.inference.size.refine_estimate`, with the caller's
     network options): a large image is first measured on a sample of crops at it, then the
     whole image is segmented once at the crops' median (a small image: at the size model's
-    diameter) and the estimate is the median diameter of its masks.  When that is within
-    :data:`~flowseg.engine.inference.size.REUSE_TOLERANCE` of the diameter the pass was made
-    at, the pass is the segmentation (no second network pass).  Returns the diameter to
-    segment at, the pass to keep (or None) and the record for ``params``.
+    diameter) and the estimate is the median diameter of its masks.  When the pass was made
+    near enough the estimate (:func:`~flowseg.engine.inference.size.pass_fits`: at most 10 %
+    above or 20 % below it) the pass is the segmentation (no second network pass).  Returns
+    the diameter to segment at, the pass to keep (or None) and the record for ``params``.
     """
     progress, cancel = opts["progress"], opts["cancel"]
     report(progress, "size", 0, 1, "estimating the object size")
@@ -98,7 +98,7 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
     check_cancel(cancel)
     measured, ref, record = refine_estimate(model, x, d_reg, **opts)
     est = max(min_estimate(model), measured) if measured > 0 else ref.at
-    keep = abs(math.log(est / ref.at)) <= math.log1p(REUSE_TOLERANCE)
+    keep = pass_fits(ref.at, est)
     report(progress, "size", 1, 1, "estimating the object size")
     record.update(diameter_estimate=float(est), diameter_size_model=float(d_reg),
                   estimate_pass_kept=bool(keep))
