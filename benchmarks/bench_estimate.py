@@ -32,6 +32,15 @@ Usage (the commands behind the table in docs/segment.md, "Diameter estimation"):
     python benchmarks/bench_estimate.py --set other --json runs/estimate_other.json
 
 ``--baseline OLD.json`` compares the estimates with those of an earlier ``--json`` file.
+
+``--set scale``: how much the segmentation depends on the diameter it is made at, which sets
+the window in which ``Model.segment`` keeps the estimate's own pass
+(:func:`flowseg.engine.inference.size.pass_fits`): AP@0.5/0.75/0.9 against the labels when
+segmenting at :data:`FACTORS` x the labels' median diameter, minus AP at 1 x (mean over
+images and its standard error), on all Usiigaci images with ``cyto`` and the DSB validation
+split with ``nuclei`` (about 30 min on 2 cores)::
+
+    python benchmarks/bench_estimate.py --set scale
 """
 
 from __future__ import annotations
@@ -67,6 +76,8 @@ REAL = {
 }
 #: Usiigaci images of the ``other`` set (not held out from ``cyto``'s training)
 OTHER_USIIGACI = (3, 6, 11, 14, 20, 25)
+#: ``--set scale``: diameters relative to the labels' median
+FACTORS = (0.8, 0.9, 1.0, 1.1)
 
 
 def other_images(data: Path) -> dict[str, list[str]]:
@@ -178,13 +189,48 @@ def measure(model: Model, img: np.ndarray, lab: np.ndarray) -> dict:
             "ap_default": ap_d, "ap_given": ap_g}
 
 
+def scale_images(data: Path) -> dict[str, list[str]]:
+    """``--set scale``: every Usiigaci image (``cyto``), the DSB validation split (``nuclei``)."""
+    names = (ROOT / "recipes" / "splits" / "dsb2018_val.txt").read_text().split()
+    return {"nuclei": [f"dsb2018/train/{n if n.endswith('.png') else n + '.png'}"
+                       for n in sorted(names)],
+            "cyto": sorted(str(p.relative_to(data))
+                           for p in (data / "usiigaci" / "train").glob("set*.tif"))}
+
+
+def run_scale(a) -> int:
+    """``--set scale``: AP at :data:`FACTORS` x the labels' median diameter, minus AP at 1 x."""
+    from flowseg.engine.flows.metrics import match_stats
+
+    sets = scale_images(a.data)
+    for name in a.models:
+        model = Model.load(name)
+        labs, masks = [], {f: [] for f in FACTORS}
+        for rel in sets[name][:a.limit or None]:
+            img, lab = load(a.data, rel)
+            labs.append(lab)
+            d = mask_diameters(lab)[0]
+            for f in FACTORS:
+                masks[f].append(model.segment(img, diameter=d * f).masks)
+        ap = {f: np.asarray(match_stats(labs, masks[f], thresholds=(0.5, 0.75, 0.9)).ap)
+              for f in FACTORS}
+        for f in FACTORS:
+            dl = ap[f] - ap[1.0]
+            se = dl.std(0, ddof=1) / np.sqrt(len(dl))
+            print(f"{name} ({len(labs)} images) at {f:g} x: " + ", ".join(
+                f"AP@{t} {ap[f][:, k].mean():.4f} ({dl[:, k].mean():+.4f} +- {se[k]:.4f}; "
+                f"{int((dl[:, k] < -0.05).sum())} images lose > 0.05)"
+                for k, t in enumerate((0.5, 0.75, 0.9))), flush=True)
+    return 0
+
+
 def _f(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", choices=("real", "other"), default="real")
+    ap.add_argument("--set", choices=("real", "other", "scale"), default="real")
     ap.add_argument("--models", nargs="+", default=["cyto", "nuclei"])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get(
         "FLOWSEG_DATA", ROOT.parent / "shared" / "data")), help="shared data folder")
@@ -192,6 +238,8 @@ def main() -> int:
     ap.add_argument("--baseline", type=Path, help="an earlier --json: compare estimates")
     ap.add_argument("--limit", type=int, default=0, help="at most this many images per model")
     a = ap.parse_args()
+    if a.set == "scale":
+        return run_scale(a)
     sets = REAL if a.set == "real" else other_images(a.data)
     base = {}
     if a.baseline:
