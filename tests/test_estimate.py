@@ -28,18 +28,15 @@ from flowseg.engine.inference.crops import (
 from flowseg.engine.inference.model import Model
 from flowseg.engine.inference.prepare import WHOLE_MAX, prepare_input, run_2d
 from flowseg.engine.inference.size import (
-    CONSISTENT,
     MAX_UPSCALE,
     REUSE_FINER,
     REUSE_TOLERANCE,
     STYLE_FIRST,
-    combine_estimates,
     mask_diameters,
     min_estimate,
     pass_fits,
     refine_at,
     regression_diameter,
-    size_sigma,
 )
 from flowseg.engine.inference.style import ENCODER_SHARE, spread, tiles_style
 from flowseg.engine.inference.transforms import resize_image
@@ -297,21 +294,6 @@ def test_median_precision():
     two = [np.full(25, 10.0), np.full(25, 30.0)]
     _, se_two = median_precision(two, [np.ones(25), np.ones(25)])
     assert se_two > 0.3 and se_two > 2 * (1.2533 * SPREAD_MIN / np.sqrt(50))
-
-
-def test_combine_estimates():
-    assert combine_estimates(20.0, 0.2, 30.0, math.inf) == 20.0  # no crops: the size model
-    assert combine_estimates(20.0, None, 30.0, 0.1) == 30.0  # size model error unknown
-    assert combine_estimates(20.0, 0.2, 25.0, 0.0) == 25.0  # certain crops
-    d = combine_estimates(20.0, 0.2, 25.0, 0.2)  # equal errors: geometric mean
-    assert d == pytest.approx(np.sqrt(20.0 * 25.0))
-    assert d < combine_estimates(20.0, 0.3, 25.0, 0.1) < 25.0  # nearer the precise crops
-    far = 20.0 * np.exp(CONSISTENT * np.hypot(0.2, 0.1) * 1.01)
-    assert combine_estimates(20.0, 0.2, far, 0.1) == pytest.approx(far)  # inconsistent
-    m = _with_size(Model.load("cyto"), 30.0)
-    assert size_sigma(m) is None
-    m.meta["size_model"]["sigma"] = 0.15
-    assert size_sigma(m) == 0.15
 
 
 def test_style_reads_few_tiles_when_crops_follow(cyto, many, monkeypatch):

@@ -85,9 +85,8 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
     The size model's diameter (:func:`~flowseg.engine.inference.size.regression_diameter`)
     is refined (:func:`~flowseg.engine.inference.size.refine_estimate`, with the caller's
     network options): a large image is first measured on a sample of crops at it, then the
-    whole image is segmented once at the crops' median (weighed against the size model when
-    that declares its error; a small image: at the size model's diameter) and the estimate
-    is the median diameter of its masks.  When the pass was made
+    whole image is segmented once at the crops' median (a small image: at the size model's
+    diameter) and the estimate is the median diameter of its masks.  When the pass was made
     near enough the estimate (:func:`~flowseg.engine.inference.size.pass_fits`: at most 10 %
     above or 20 % below it) the pass is the segmentation (no second network pass).  Returns
     the diameter to segment at, the pass to keep (or None) and the record for ``params``.

@@ -37,10 +37,9 @@ from .prepare import WHOLE_MAX, default_niter, prepare_input, run_2d
 from .size_fit import calibrate_size_model, fit_size_model, zoomed_views
 from .style import ENCODER_SHARE, tiles_style
 
-__all__ = ["CONSISTENT", "MAX_UPSCALE", "REUSE_FINER", "REUSE_TOLERANCE", "SIZE_SIGMA",
-           "SMALL_CROPS", "STYLE_BUDGET", "STYLE_FAR", "STYLE_FIRST", "STYLE_TILES", "Refinement",
-           "calibrate_size_model", "combine_estimates", "estimate_diameter",
-           "estimate_diameter_prepared", "pass_fits", "size_sigma",
+__all__ = ["MAX_UPSCALE", "REUSE_FINER", "REUSE_TOLERANCE", "SMALL_CROPS", "STYLE_BUDGET",
+           "STYLE_FAR", "STYLE_FIRST", "STYLE_TILES", "Refinement", "calibrate_size_model",
+           "estimate_diameter", "estimate_diameter_prepared", "pass_fits",
            "fit_size_model", "mask_diameters", "min_estimate", "refine_at", "refine_estimate",
            "regression_diameter", "style_diameter", "zoomed_views"]
 
@@ -78,18 +77,6 @@ REUSE_FINER = 0.2
 #: squared) at the network's scale is refined whole (the pass may then be kept); a larger
 #: one on a sample of crops (:func:`~flowseg.engine.inference.crops.refine_on_crops`)
 SMALL_CROPS = 2.0
-#: a size model's error (standard deviation of ``log(its diameter / the measured one)``)
-#: is read from its metadata, ``size_model["sigma"]`` (measured on held-out images when it
-#: is fitted); without one the size model is not weighed against the crops: the bundled
-#: models read 17 % (``nuclei``, 29 DSB images) and ~35 % (``cyto``) low on average, and a
-#: biased regression pulled the pass off the crops' median (3 of 11 passes fewer kept)
-SIZE_SIGMA = None
-#: the size model and the crops are combined only when they agree within this many
-#: standard errors; beyond, the size model is off its fitted range (e.g. 16 px read for
-#: 94-px nuclei) and the crops, which measured objects, are used alone
-CONSISTENT = 3.0
-
-
 def style_diameter(size_model: dict, style: np.ndarray) -> float:
     """Diameter predicted by a size model from a style vector."""
     A = np.asarray(size_model["A"], np.float64)
@@ -124,36 +111,6 @@ class Refinement:
     style: np.ndarray
     masks: np.ndarray
     params: MaskParams
-
-
-def size_sigma(model: ModelBase) -> float | None:
-    """The size model's error in log diameter, ``size_model["sigma"]`` (None if not given)."""
-    sm = model.size_model or {}
-    try:
-        sig = float(sm["sigma"])
-    except (KeyError, TypeError, ValueError):
-        return SIZE_SIGMA
-    return sig if np.isfinite(sig) and sig > 0 else SIZE_SIGMA
-
-
-def combine_estimates(d_size: float, sigma: float | None, d_crops: float, se: float) -> float:
-    """Diameter to run the refinement pass at, from the size model and the crops.
-
-    Inverse-variance weighting in log diameter: ``log d = (log d_size / sigma^2 + log d_crops
-    / se^2) / (1 / sigma^2 + 1 / se^2)``.  The crops alone when they are certain (``se`` 0)
-    or disagree with the size model by more than :data:`CONSISTENT` standard errors of the
-    difference or the size model's error is not known (``sigma`` None); the size model alone
-    when the crops found nothing (``se`` inf).
-    """
-    if not (d_crops > 0 and np.isfinite(se)):
-        return float(d_size)
-    if sigma is None:
-        return float(d_crops)
-    diff = abs(np.log(d_crops / d_size))
-    if se <= 0 or diff > CONSISTENT * np.hypot(sigma, se):
-        return float(d_crops)
-    wa, wc = 1.0 / sigma ** 2, 1.0 / se ** 2
-    return float(np.exp((wa * np.log(d_size) + wc * np.log(d_crops)) / (wa + wc)))
 
 
 def pass_fits(at: float, estimate: float) -> bool:
@@ -236,10 +193,10 @@ def refine_estimate(model: ModelBase, x: np.ndarray, at: float, *, bsize: int = 
     masks returned.  An image of at most :data:`SMALL_CROPS` crop areas at the network's
     scale is segmented at ``at``; a larger one first on a sample of crops at ``at``
     (:func:`~flowseg.engine.inference.crops.refine_on_crops`, at most about a quarter of a
-    pass), then at the crops' median weighed against ``at`` by their errors
-    (:func:`combine_estimates`: the crops' standard error, :func:`size_sigma`), which is
-    usually near enough the final estimate (:func:`pass_fits`) for ``Model.segment`` to
-    keep the pass.
+    pass), then at the crops' median, which is usually near enough the final estimate
+    (:func:`pass_fits`) for ``Model.segment`` to keep the pass.  The size model is not
+    weighed in: weighing it against the crops by their errors kept fewer passes (module
+    docstring of :mod:`~flowseg.engine.inference.crops`).
 
     Returns
     -------
@@ -261,8 +218,7 @@ def refine_estimate(model: ModelBase, x: np.ndarray, at: float, *, bsize: int = 
         record.update(crops_objects=int(ce.n_objects))
         if ce.diameter > 0:
             record.update(diameter_crops=float(ce.diameter), crops_se=float(ce.se))
-            at = max(min_estimate(model),
-                     combine_estimates(at, size_sigma(model), ce.diameter, ce.se))
+            at = max(min_estimate(model), float(ce.diameter))
     ref = refine_at(model, x, at, bsize=bsize, tile_overlap=tile_overlap,
                     batch_size=batch_size, augment=augment, whole_max=whole_max,
                     pad_extra=pad_extra, progress=progress, cancel=cancel)
