@@ -21,6 +21,9 @@ Image sets (``--set``):
 * ``real``: the images of ``benchmarks/bench_segment.py --real``: the six held-out
   Usiigaci phase-contrast images (1022 x 1024) with ``cyto`` and the five Data Science Bowl
   images of about 1 MP with ``nuclei``;
+* ``wide``: all images of the two sources that are large enough for crops: every DSB image
+  of at least 0.7 MP in the shared folder (23, most of them training images of ``nuclei``)
+  and every Usiigaci image (38) with ``cyto``, for totals less at the mercy of a few images;
 * ``other``: images not in ``real``, to check that nothing is tuned to those eleven: every
   DSB validation image (``recipes/splits/dsb2018_val.txt``) larger than 360 x 360 other
   than the ``real`` ones (520 x 696, 603 x 1272, 1024 x 1024) with ``nuclei``, and six other
@@ -30,6 +33,7 @@ Usage (the commands behind the table in docs/segment.md, "Diameter estimation"):
 
     python benchmarks/bench_estimate.py --set real --json runs/estimate_real.json
     python benchmarks/bench_estimate.py --set other --json runs/estimate_other.json
+    python benchmarks/bench_estimate.py --set wide --json runs/estimate_wide.json
 
 ``--baseline OLD.json`` compares the estimates with those of an earlier ``--json`` file.
 
@@ -98,6 +102,20 @@ def other_images(data: Path) -> dict[str, list[str]]:
             "cyto": [f"usiigaci/train/set{k:02d}.tif" for k in OTHER_USIIGACI]}
 
 
+def wide_images(data: Path) -> dict[str, list[str]]:
+    """The ``wide`` set: DSB images of at least 0.7 MP, all Usiigaci images."""
+    import imageio.v3 as iio
+
+    dsb = []
+    for p in sorted((data / "dsb2018" / "train").glob("*.png")):
+        if not p.stem.endswith("_masks"):
+            shape = iio.improps(p).shape
+            if shape[0] * shape[1] >= 700_000:
+                dsb.append(str(p.relative_to(data)))
+    return {"nuclei": dsb, "cyto": sorted(str(p.relative_to(data))
+                                          for p in (data / "usiigaci" / "train").glob("set*.tif"))}
+
+
 def load(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
     """2D gray float32 image (RGB: the mean of R, G, B) and int32 labels of ``rel``."""
     import imageio.v3 as iio
@@ -126,7 +144,8 @@ class WorkCounter:
         self.net = 0
         self.encoder = 0
         self.steps: dict[str, float] = {}
-        self._orig = (tiling_mod.forward, style_mod.encoder_styles, crops_mod.crops_forward)
+        self._orig = (tiling_mod.forward, style_mod.encoder_styles,
+                      getattr(crops_mod, "crops_forward", None))
         self._steps = [(mod, fn, getattr(mod, fn)) for mod, fn, _ in STEPS]
 
     def __enter__(self) -> WorkCounter:
@@ -146,8 +165,9 @@ class WorkCounter:
             self.net += x.shape[0] * x.shape[2] * x.shape[3]
             return crp(net, x, *a, **k)
 
-        tiling_mod.forward, style_mod.encoder_styles, crops_mod.crops_forward = (
-            fwd_spy, enc_spy, crp_spy)
+        tiling_mod.forward, style_mod.encoder_styles = fwd_spy, enc_spy
+        if crp is not None:
+            crops_mod.crops_forward = crp_spy
         return self
 
     def _step(self, orig, label: str):
@@ -160,7 +180,9 @@ class WorkCounter:
         return wrapped
 
     def __exit__(self, *exc) -> None:
-        tiling_mod.forward, style_mod.encoder_styles, crops_mod.crops_forward = self._orig
+        tiling_mod.forward, style_mod.encoder_styles = self._orig[:2]
+        if self._orig[2] is not None:
+            crops_mod.crops_forward = self._orig[2]
         for mod, fn, orig in self._steps:
             setattr(mod, fn, orig)
 
@@ -230,7 +252,7 @@ def _f(v) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", choices=("real", "other", "scale"), default="real")
+    ap.add_argument("--set", choices=("real", "other", "wide", "scale"), default="real")
     ap.add_argument("--models", nargs="+", default=["cyto", "nuclei"])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get(
         "FLOWSEG_DATA", ROOT.parent / "shared" / "data")), help="shared data folder")
@@ -240,7 +262,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.set == "scale":
         return run_scale(a)
-    sets = REAL if a.set == "real" else other_images(a.data)
+    sets = {"real": lambda d: REAL, "other": other_images, "wide": wide_images}[a.set](a.data)
     base = {}
     if a.baseline:
         base = {(r["model"], r["image"]): r for r in json.loads(a.baseline.read_text())}

@@ -16,6 +16,7 @@ from flowseg.engine.inference import segment as segment_mod
 from flowseg.engine.inference import style as style_mod
 from flowseg.engine.inference.crops import (
     SPREAD_MIN,
+    CropEstimate,
     _run_crops,
     _whole_objects,
     crop_side,
@@ -32,6 +33,9 @@ from flowseg.engine.inference.size import (
     REUSE_FINER,
     REUSE_TOLERANCE,
     STYLE_FIRST,
+    STYLE_TILES,
+    UNCERTAIN,
+    fitted_range,
     mask_diameters,
     min_estimate,
     pass_fits,
@@ -336,3 +340,30 @@ def test_crops_share_the_image_style(cyto):
     single, _ = _run_crops(cyto, stack[:1], None, True, batch_size=8, augment=False,
                            cancel=None)  # one crop: its own style, as the plain network
     assert np.abs(single[0] - own[0]).max() < 1e-3
+
+
+def test_far_tiles_follow_the_fitted_range(cyto, many, monkeypatch):
+    m = _with_size(cyto, 75.0)  # 2.5 x diam_mean
+    assert fitted_range(m) == (15.0, 60.0)  # no recorded range: diam_mean / 2 .. 2 diam_mean
+    work = _count_work(monkeypatch)
+    regression_diameter(m, many.astype(np.float32))
+    assert work["encoder"] == (STYLE_FIRST + STYLE_TILES) * 224 * 224  # outside: all tiles
+    m.meta["size_model"]["fit"] = {"diameters": [6.0, 200.0]}
+    assert fitted_range(m) == (6.0, 200.0)
+    work.update(encoder=0)
+    regression_diameter(m, many.astype(np.float32))
+    assert work["encoder"] == STYLE_FIRST * 224 * 224  # inside the range it was fitted on
+
+
+@pytest.mark.parametrize("se, expected", [(0.05, 14.0), (2 * UNCERTAIN, 20.0)])
+def test_uncertain_crops_do_not_make_the_pass_finer(cyto, many, monkeypatch, se, expected):
+    """Crops that say 14 px where the size model says 20: a precise median sets the pass, an
+    uncertain one cannot make it finer (dearer) than the size model's."""
+    import flowseg.engine.inference.size as size_mod
+
+    monkeypatch.setattr(size_mod, "refine_on_crops", lambda *a, **k: CropEstimate(
+        diameter=14.0, at=20.0, n_objects=9, n_crops=4, fraction=0.25, se=se))
+    calls = _count_passes(monkeypatch)
+    seg = _with_size(cyto, 20.0).segment(many)
+    assert seg.params["diameter_crops"] == 14.0 and seg.params["crops_se"] == se
+    assert calls[0] == pytest.approx(cyto.diam_mean / expected)

@@ -38,8 +38,9 @@ from .size_fit import calibrate_size_model, fit_size_model, zoomed_views
 from .style import ENCODER_SHARE, tiles_style
 
 __all__ = ["MAX_UPSCALE", "REUSE_FINER", "REUSE_TOLERANCE", "SMALL_CROPS", "STYLE_BUDGET",
-           "STYLE_FAR", "STYLE_FIRST", "STYLE_TILES", "Refinement", "calibrate_size_model",
-           "estimate_diameter", "estimate_diameter_prepared", "pass_fits",
+           "STYLE_FAR", "STYLE_FIRST", "STYLE_TILES", "UNCERTAIN", "Refinement",
+           "calibrate_size_model", "estimate_diameter", "estimate_diameter_prepared",
+           "fitted_range", "pass_fits",
            "fit_size_model", "mask_diameters", "min_estimate", "refine_at", "refine_estimate",
            "regression_diameter", "style_diameter", "zoomed_views"]
 
@@ -55,10 +56,13 @@ STYLE_TILES = 9
 #: much as it on a 1 MP image)
 STYLE_FIRST = 2
 STYLE_BUDGET = 0.1
-#: ... but all :data:`STYLE_TILES` when the first tiles predict objects more than this many
-#: times larger or smaller than ``diam_mean``: outside the sizes the size model was fitted
-#: on (``diam_mean / 2`` to ``2 diam_mean``) two tiles were not enough (e.g. 134 px for
-#: 85-px cells, which a refinement at that scale did not correct)
+#: ... but all :data:`STYLE_TILES` when the first tiles predict objects outside the sizes
+#: the size model was fitted on (:func:`fitted_range`): there two tiles were not enough
+#: (e.g. 134 px for 85-px cells, which a refinement at that scale did not correct).  A size
+#: model that does not record its range was fitted on ``diam_mean / STYLE_FAR`` to
+#: ``STYLE_FAR * diam_mean`` (the bundled ones before their refit over 6-200 px; with that
+#: fixed rule the refitted ``cyto`` read 9 tiles for every 65-75-px Usiigaci cell, 1.1
+#: passes' work)
 STYLE_FAR = 2.0
 #: an estimate never asks to enlarge the image more than this per side: estimated
 #: diameters are at least ``diam_mean / MAX_UPSCALE``
@@ -73,6 +77,15 @@ REUSE_TOLERANCE = 0.1
 #: -0.015 / -0.005 / -0.004.  A finer pass (objects drawn larger than the network's
 #: ``diam_mean``) loses no more at -20 % than a coarser one at +10 %
 REUSE_FINER = 0.2
+#: the crops' median is *uncertain* when the standard error of its log exceeds half the
+#: width of the window in which the pass is kept (log 1.1 - log 0.8) / 2 = 0.16: the crops
+#: then cannot place the pass inside it.  An uncertain median below the size model's
+#: diameter does not make the pass finer than that: a pass made too fine costs the square of
+#: the error (DSB ``c395870a``: 9 whole objects, error 0.33, median 9.4 px for 18-px nuclei,
+#: a pass at 3.7 times the pixels of the final one), one made too coarse less, and both
+#: measure the objects (a pass 1.2-1.5x too coarse measured 2-7 % above the final estimate
+#: on 6 DSB images)
+UNCERTAIN = 0.5 * float(np.log((1.0 + REUSE_TOLERANCE) / (1.0 - REUSE_FINER)))
 #: an image of at most this many crop areas (:data:`~flowseg.engine.inference.crops.CROP`
 #: squared) at the network's scale is refined whole (the pass may then be kept); a larger
 #: one on a sample of crops (:func:`~flowseg.engine.inference.crops.refine_on_crops`)
@@ -113,6 +126,18 @@ class Refinement:
     params: MaskParams
 
 
+def fitted_range(model: ModelBase) -> tuple[float, float]:
+    """Apparent diameters the size model was fitted on: ``size_model["fit"]["diameters"]``,
+    else ``diam_mean / STYLE_FAR`` to ``STYLE_FAR * diam_mean``."""
+    try:
+        lo, hi = (float(v) for v in (model.size_model or {})["fit"]["diameters"])
+        if 0 < lo < hi:
+            return lo, hi
+    except (KeyError, TypeError, ValueError):
+        pass
+    return model.diam_mean / STYLE_FAR, model.diam_mean * STYLE_FAR
+
+
 def pass_fits(at: float, estimate: float) -> bool:
     """Whether a segmentation made at diameter ``at`` may stand for one at ``estimate``:
     ``(1 - REUSE_FINER) * estimate <= at <= (1 + REUSE_TOLERANCE) * estimate``."""
@@ -137,8 +162,8 @@ def regression_diameter(model: ModelBase, x: np.ndarray, *, batch_size: int = 8,
     that diameter is large enough to be measured on crops, :data:`SMALL_CROPS`: 2 tiles
     moved the regression by a few % against 9, its own error is ~35 %, and the crops
     measure objects at any scale within the network's range), or all
-    :data:`STYLE_TILES` when that diameter is more than :data:`STYLE_FAR` times off
-    ``diam_mean``.  The result is raised to
+    :data:`STYLE_TILES` when that diameter is outside the sizes the size model was fitted
+    on (:func:`fitted_range`).  The result is raised to
     :func:`min_estimate`.  Needs ``model.size_model``.
     """
     if model.size_model is None:
@@ -152,7 +177,8 @@ def regression_diameter(model: ModelBase, x: np.ndarray, *, batch_size: int = 8,
         k = min(STYLE_TILES, int(STYLE_BUDGET * work / (ENCODER_SHARE * 224 * 224)))
         if work > SMALL_CROPS * CROP * CROP:
             k = n  # crops follow: they measure the size; the regression only sets their scale
-        if abs(np.log(d / model.diam_mean)) > np.log(STYLE_FAR):
+        lo, hi = fitted_range(model)
+        if not lo <= d <= hi:
             k = STYLE_TILES
     if k > n:
         style, _ = tiles_style(model.net, x, max_tiles=k, batch_size=batch_size, cancel=cancel)
@@ -193,8 +219,9 @@ def refine_estimate(model: ModelBase, x: np.ndarray, at: float, *, bsize: int = 
     masks returned.  An image of at most :data:`SMALL_CROPS` crop areas at the network's
     scale is segmented at ``at``; a larger one first on a sample of crops at ``at``
     (:func:`~flowseg.engine.inference.crops.refine_on_crops`, at most about a quarter of a
-    pass), then at the crops' median, which is usually near enough the final estimate
-    (:func:`pass_fits`) for ``Model.segment`` to keep the pass.  The size model is not
+    pass), then at the crops' median (an :data:`UNCERTAIN` one below ``at``: at ``at``),
+    which is usually near enough the final estimate (:func:`pass_fits`) for
+    ``Model.segment`` to keep the pass.  The size model is not
     weighed in: weighing it against the crops by their errors kept fewer passes (module
     docstring of :mod:`~flowseg.engine.inference.crops`).
 
@@ -218,7 +245,10 @@ def refine_estimate(model: ModelBase, x: np.ndarray, at: float, *, bsize: int = 
         record.update(crops_objects=int(ce.n_objects))
         if ce.diameter > 0:
             record.update(diameter_crops=float(ce.diameter), crops_se=float(ce.se))
-            at = max(min_estimate(model), float(ce.diameter))
+            d = float(ce.diameter)
+            if ce.se > UNCERTAIN:
+                d = max(d, float(at))  # uncertain: not a finer, dearer pass than the regression's
+            at = max(min_estimate(model), d)
     ref = refine_at(model, x, at, bsize=bsize, tile_overlap=tile_overlap,
                     batch_size=batch_size, augment=augment, whole_max=whole_max,
                     pad_extra=pad_extra, progress=progress, cancel=cancel)
