@@ -35,7 +35,8 @@ Usage (the commands behind the table in docs/segment.md, "Diameter estimation"):
     python benchmarks/bench_estimate.py --set other --json runs/estimate_other.json
     python benchmarks/bench_estimate.py --set wide --json runs/estimate_wide.json
 
-``--baseline OLD.json`` compares the estimates with those of an earlier ``--json`` file.
+``--baseline OLD.json`` compares the estimates with those of an earlier ``--json`` file;
+``--models-from DIR`` loads ``DIR/NAME.pt`` instead of the bundled model ``NAME``.
 
 ``--set scale``: how much the segmentation depends on the diameter it is made at, which sets
 the window in which ``Model.segment`` keeps the estimate's own pass
@@ -259,6 +260,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--baseline", type=Path, help="an earlier --json: compare estimates")
     ap.add_argument("--limit", type=int, default=0, help="at most this many images per model")
+    ap.add_argument("--models-from", type=Path,
+                    help="load NAME.pt from this folder instead of the bundled NAME (e.g. a "
+                         "candidate size model)")
     a = ap.parse_args()
     if a.set == "scale":
         return run_scale(a)
@@ -270,7 +274,12 @@ def main() -> int:
     print("model image | size model | crops (objects) | estimate | labels | kept | "
           "work default/given | AP@0.5 default / given", flush=True)
     for name in a.models:
-        model = Model.load(name)
+        model = Model.load(a.models_from / f"{name}.pt" if a.models_from else name)
+        sm = model.size_model or {}
+        fit = (sm.get("fit") or {}).get("diameters")
+        print(f"{name}: size model b = {sm.get('b', float('nan')):.4f}, "
+              + (f"fitted over {fit[0]:g}-{fit[1]:g} px" if fit else "no recorded fitted range"),
+              flush=True)
         for rel in sets[name][:a.limit or None]:
             img, lab = load(a.data, rel)
             r = {"model": name, "image": Path(rel).stem, "shape": list(img.shape),

@@ -293,11 +293,13 @@ def test_median_precision():
     wide = [np.exp(rng.normal(np.log(20.0), 0.5, 400))]  # log-normal sizes, spread 0.5
     _, se_wide = median_precision(wide, [np.ones(400)])
     assert se_wide == pytest.approx(1.2533 * 0.5 / 20.0, rel=0.15)
-    # two crops of different sizes: their disagreement (bootstrap over crops) dominates the
-    # object count, which alone would say the median of 50 objects is precise
-    two = [np.full(25, 10.0), np.full(25, 30.0)]
-    _, se_two = median_precision(two, [np.ones(25), np.ones(25)])
-    assert se_two > 0.3 and se_two > 2 * (1.2533 * SPREAD_MIN / np.sqrt(50))
+    # the objects of several crops are pooled: two crops of 25 objects are 50 objects
+    two = [np.full(25, 20.0), np.full(25, 20.0)]
+    d, se_two = median_precision(two, [np.ones(25), np.ones(25)])
+    assert d == pytest.approx(20.0) and se_two == pytest.approx(se / np.sqrt(2))
+    # Miles-Lantuejoul weights count: a few heavy objects are few objects
+    _, se_w = median_precision(one, [np.r_[np.full(5, 100.0), np.full(20, 1e-6)]])
+    assert se_w == pytest.approx(1.2533 * SPREAD_MIN / np.sqrt(5), rel=1e-3)
 
 
 def test_style_reads_few_tiles_when_crops_follow(cyto, many, monkeypatch):

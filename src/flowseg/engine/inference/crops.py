@@ -29,17 +29,19 @@ weighted with the Miles-Lantuejoul correction: an object with a bounding box of 
 are image borders drops nothing and is not corrected).
 
 The crops also say how precise their median is (:func:`median_precision`): the standard error
-of the log median from the objects (``1.2533 * spread / sqrt(n_eff)``, the spread a weighted
-MAD of the log diameters, at least :data:`SPREAD_MIN`) and from a bootstrap over the crops
-(objects in one crop are alike, so a few crops hold less information than their object
-count says), whichever is larger.  On a sparse image (10-25 whole objects in a quarter of
-it) the median is uncertain by 15-30 %: object sizes in one image often span 3x (DSB
-brightfield: two groups, ~8 and ~22 px) and sit in patches.  The error is recorded
-(``seg.params["crops_se"]``) but not used: weighing the size model against the crops by
-inverse variance (the size model's error given) kept fewer of the refinement passes on the
-1 MP images of ``benchmarks/bench_estimate.py`` (bundled size models, error 0.35: 5 of 11
-kept instead of 8; a refitted ``nuclei`` size model, error 0.18: 2 of 5 instead of 3),
-because the regression read from 2 tiles is off by 20-30 % as often as the crops are.
+of the log median, ``1.2533 * spread / sqrt(n_eff)`` (``spread`` a weighted MAD of the log
+diameters, at least :data:`SPREAD_MIN`).  On a sparse image (10-25 whole objects in a
+quarter of it) the median is uncertain by 15-30 %: object sizes in one image often span 3x
+(DSB brightfield: two groups, ~8 and ~22 px) and sit in patches, so the crops' median
+strayed from the whole pass's by 1.4-1.6 times this error on 29 DSB images (clustering).
+A bootstrap over the crops, meant to catch that, misfired with 3-5 crops (0.2 for a dense
+image of 107 objects whose median was right), so it is not used.  The caller uses the
+error to keep an uncertain median from making the pass finer
+(:data:`flowseg.engine.inference.size.UNCERTAIN`); weighing the size model against the
+crops by inverse variance was tried and kept fewer of the refinement passes on the 1 MP
+images of ``benchmarks/bench_estimate.py`` (bundled size models, error 0.35: 5 of 11 kept
+instead of 8; a refitted ``nuclei`` size model, error 0.18: 2 of 5 instead of 3), because
+the regression read from 2 tiles is off by 20-30 % as often as the crops are.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from .base import ModelBase
 from .prepare import WHOLE_MAX, default_niter
 from .transforms import resize_image
 
-__all__ = ["BOOTSTRAP", "CROP", "MAX_FRACTION", "MIN_OBJECTS", "ROUND", "SPREAD_MIN",
+__all__ = ["CROP", "MAX_FRACTION", "MIN_OBJECTS", "ROUND", "SPREAD_MIN",
            "CropEstimate", "crop_side", "crop_windows", "crops_forward", "mask_diameters",
            "median_precision", "refine_on_crops", "spread_order", "weighted_median"]
 
@@ -74,8 +76,6 @@ ROUND = 4
 #: objects can look alike by chance, and even the most uniform images have a spread of
 #: 0.07-0.17 (dense DSB fluorescence), most 0.2-0.45
 SPREAD_MIN = 0.2
-#: bootstrap resamples of the crops (fixed seed: the same image gives the same error)
-BOOTSTRAP = 200
 
 
 def mask_diameters(masks: np.ndarray) -> tuple[float, np.ndarray]:
@@ -132,30 +132,20 @@ def median_precision(diameters: list[np.ndarray], weights: list[np.ndarray]
     """Weighted median diameter of the objects of several crops and the standard error of its
     logarithm.
 
-    ``diameters[k]``, ``weights[k]``: the objects of crop ``k``.  The error is the larger of
-    ``1.2533 * spread / sqrt(n_eff)`` (the median of ``n_eff = (sum w)^2 / sum w^2`` objects,
-    ``spread`` the weighted MAD of the log diameters x 1.4826, at least :data:`SPREAD_MIN`)
-    and the spread of the median over :data:`BOOTSTRAP` resamples of the crops (at least 2
-    crops with objects).  Returns ``(0, inf)`` without objects.
+    ``diameters[k]``, ``weights[k]``: the objects of crop ``k``.  The error is
+    ``1.2533 * spread / sqrt(n_eff)``: the median of ``n_eff = (sum w)^2 / sum w^2``
+    objects, ``spread`` the weighted MAD of the log diameters x 1.4826, at least
+    :data:`SPREAD_MIN`.  Returns ``(0, inf)`` without objects.
     """
-    crops = [(np.log(np.asarray(d, np.float64)), np.asarray(w, np.float64))
-             for d, w in zip(diameters, weights) if len(d)]
-    if not crops:
+    d = np.concatenate([np.asarray(x, np.float64) for x in diameters] or [np.zeros(0)])
+    w = np.concatenate([np.asarray(x, np.float64) for x in weights] or [np.zeros(0)])
+    if d.size == 0:
         return 0.0, float("inf")
-    logd = np.concatenate([d for d, _ in crops])
-    w = np.concatenate([w for _, w in crops])
+    logd = np.log(d)
     med = weighted_median(logd, w)
     spread = 1.4826 * weighted_median(np.abs(logd - med), w)
     n_eff = w.sum() ** 2 / (w ** 2).sum()
     se = 1.2533 * max(spread, SPREAD_MIN) / np.sqrt(n_eff)
-    if len(crops) >= 2:
-        rng = np.random.default_rng(0)
-        boot = []
-        for _ in range(BOOTSTRAP):
-            pick = rng.integers(0, len(crops), len(crops))
-            boot.append(weighted_median(np.concatenate([crops[k][0] for k in pick]),
-                                        np.concatenate([crops[k][1] for k in pick])))
-        se = max(se, float(np.std(boot)))
     return float(np.exp(med)), float(se)
 
 
