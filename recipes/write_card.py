@@ -144,6 +144,37 @@ def _hardware_text(recs: list[dict], cfg: dict) -> str:
     return "Hardware: " + "; ".join(parts) + "."
 
 
+def _size_model_text(name: str, meta: dict) -> str:
+    """The card section of a size model refitted by ``recipes/refit_size.py`` (from its
+    ``fit`` / ``eval`` records in ``meta["size_model"]``); empty for a training-time fit."""
+    sm = meta.get("size_model") or {}
+    fit, ev = sm.get("fit"), sm.get("eval")
+    if not fit or not ev:
+        return ""
+    rows = [("validation", "val", "20 %"), ("zoomed copies 0.33-3x", "zoom", "25 %"),
+            ("zoomed copies, labels 8-150 px", "zoom_8_150", "25 %")]
+    table = "\n".join(
+        f"| {label} | {ev[k]['n']} | {ev[k]['median_abs_log']:.3f} | {tol}: "
+        f"**{100 * ev[k]['within']:.0f} %** | {100 * ev[k]['within_2tiles']:.0f} % |"
+        for label, k, tol in rows if k in ev)
+    lo, hi = fit["diameters"]
+    return f"""
+## Size model (refitted over a wide range of zooms)
+`meta["size_model"]` (the style -> diameter regression; network weights unchanged) was refitted
+by `python recipes/refit_size.py {name} --write` on the {fit.get('data', 'training split')}:
+{fit.get('views_per_image')} views of each of {fit.get('n_images')} images zoomed so their
+objects measure {lo:g}-{hi:g} px (at most {fit.get('max_zoom')}x enlarged)
+{'plus each image at its own scale, ' if fit.get('native_view') else ''}styles read from
+{fit.get('tiles')} encoder tiles, ridge penalty {sm.get('ridge')}. Scored by `python
+benchmarks/bench_size_model.py {name}` (the size model alone, against the labels' median
+diameter):
+
+| images | n | median abs log ratio | within | 2-tile read within |
+|---|---|---|---|---|
+{table}
+"""
+
+
 def main(name: str) -> Path:
     import flowseg
 
@@ -212,7 +243,7 @@ stage is its epoch with the best validation AP@0.5 (so the validation split chos
 - AP@0.5 / 0.75 / 0.9 at the true median diameter: **{ap['0.5']:.3f}** / {ap['0.75']:.3f} /
   {ap['0.9']:.3f}
 {aug_line}{kind_line}{size_line}
-
+{_size_model_text(name, meta)}
 Produced by `python recipes/evaluate_model.py {name}{' --augment' if apa else ''}` (see `runs/{name}_eval.json` when
 rebuilt); AP = TP / (TP + FP + FN) with IoU matching. The kept epoch was chosen by AP@0.5 on this
 same split, so these numbers are slightly optimistic; the project is also judged on
