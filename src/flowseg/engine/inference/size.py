@@ -161,7 +161,7 @@ def regression_diameter(model: ModelBase, x: np.ndarray, *, batch_size: int = 8,
     :data:`STYLE_BUDGET` of the segmentation pass at their diameter (none when the image at
     that diameter is large enough to be measured on crops, :data:`SMALL_CROPS`: 2 tiles
     moved the regression by a few % against 9 on most images and by 20-30 % on some, its
-    own error is ~35 %, and the crops
+    own error is ~10-20 % on the validation images, and the crops
     measure objects at any scale within the network's range), or all
     :data:`STYLE_TILES` when that diameter is outside the sizes the size model was fitted
     on (:func:`fitted_range`).  The result is raised to
