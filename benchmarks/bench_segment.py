@@ -34,6 +34,11 @@ both against the image's labels; with ``--peer`` also Cellpose 3.1's
 same weights and our size model::
 
     python benchmarks/bench_segment.py --real --runs 2 [--peer PEER_PYTHON] [--json out.json]
+
+``--device cuda`` (or ``cuda:N``, ``mps``): GPU mode, both cases and ``--real``; our engine
+runs on that device (timings end when the masks are back in host memory) and with CUDA the
+reference runs with ``gpu=True``.  Not yet measured here: no GPU has been lent to this
+project's sessions.
 """
 
 from __future__ import annotations
@@ -60,18 +65,19 @@ from flowseg.engine.inference.size import mask_diameters
 HERE = Path(__file__).resolve().parent
 
 
-def load_weights(spec: str) -> tuple[Model, str]:
+def load_weights(spec: str, device: str = "cpu") -> tuple[Model, str]:
     if spec == "auto":
         spec = "cyto" if "cyto" in available_models() else "random"
     if spec == "random":
-        return Model.new(width=32, seed=0), "seeded random standard-width (32) weights"
+        return (Model.new(width=32, seed=0, device=device),
+                "seeded random standard-width (32) weights")
     p = Path(spec)
     if p.is_file():
         obj = torch.load(p, map_location="cpu", weights_only=True)
         if isinstance(obj, dict) and obj.get("format") == "flowseg-train-checkpoint":
-            return (Model.from_state_dict(obj["net"], obj.get("meta")),
+            return (Model.from_state_dict(obj["net"], obj.get("meta"), device=device),
                     f"training checkpoint {p} (epoch {obj.get('epoch')})")
-    m = Model.load(spec)
+    m = Model.load(spec, device=device)
     return m, f"model {spec}"
 
 
@@ -86,7 +92,8 @@ def embed_width(model: Model, width: int = 32) -> Model:
     """
     if model.net.nbase[1] == width:
         return model
-    big = Model.new(width=width, nchan=model.nchan, diam_mean=model.diam_mean)
+    big = Model.new(width=width, nchan=model.nchan, diam_mean=model.diam_mean,
+                    device=model.device)
     src = model.net.state_dict()
     out = {}
     for k, ref in big.net.state_dict().items():
@@ -115,11 +122,12 @@ def run_ours(model: Model, img: np.ndarray, do_3d: bool, runs: int, diameter: fl
 
 
 def run_peer(py: str, weights: Path, img_path: Path, do_3d: bool, runs: int, diameter: float,
-             warmup: bool = True):
+             warmup: bool = True, gpu: bool = False):
     out = img_path.with_suffix(".peer.npz")
     cmd = [py, str(HERE / "peer_segment.py"), str(weights), str(img_path), str(out),
            "--runs", str(runs), "--diameter", str(diameter)] + (["--3d"] if do_3d else [])
     cmd += [] if warmup else ["--no-warmup"]
+    cmd += ["--gpu"] if gpu else []
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"reference run failed:\n{r.stderr[-3000:]}")
@@ -146,14 +154,17 @@ def main() -> int:
         "FLOWSEG_DATA", HERE.parents[1] / "shared" / "data")), help="shared data folder")
     ap.add_argument("--models", nargs="+", default=["nuclei", "cyto"])
     ap.add_argument("--json", type=Path, help="--real: also write the rows here")
+    ap.add_argument("--device", default="cpu",
+                    help="our engine's device: cpu (default), cuda, cuda:N or mps; with "
+                         "cuda the reference also runs on the GPU (Cellpose gpu=True)")
     a = ap.parse_args()
     if a.real:
         return run_real(a)
-    model, desc = load_weights(a.weights)
+    model, desc = load_weights(a.weights, a.device)
     if a.peer and model.net.nbase[1] != 32:
         small = model
         model = embed_width(model, 32)
-        x = torch.randn(2, model.nchan, 64, 64)
+        x = torch.randn(2, model.nchan, 64, 64, device=model.device)
         with torch.inference_mode():
             y0, s0 = small.net.eval()(x)
             y1, s1 = model.net.eval()(x)
@@ -179,7 +190,8 @@ def main() -> int:
             if a.peer:
                 ipath = Path(td) / f"img_{int(do_3d)}.npy"
                 np.save(ipath, img)
-                ref, info = run_peer(a.peer, wpath, ipath, do_3d, a.runs, a.diameter)
+                ref, info = run_peer(a.peer, wpath, ipath, do_3d, a.runs, a.diameter,
+                                     gpu=model.device.type == "cuda")
                 t_ref = info["times"]
                 ap = average_precision(ref["masks"].astype(np.int32), seg.masks,
                                        thresholds=(0.5, 0.9))
@@ -279,7 +291,7 @@ def run_real(a) -> int:
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory() as td:
         for name in a.models:
-            model = Model.load(name)
+            model = Model.load(name, device=a.device)
             warm = np.random.default_rng(0).random((256, 256)).astype(np.float32)
             model.segment(warm, diameter=model.diam_mean)  # numba compilation, net copy
             peer = None
@@ -321,7 +333,8 @@ def run_real(a) -> int:
                     r = subprocess.run(
                         [a.peer, str(HERE / "peer_segment.py"), str(peer[0]), str(ipath),
                          str(ipath.with_suffix(".peer.npz")), "--runs", str(a.runs),
-                         "--size", str(peer[1]), "--channels", "0", "0"],
+                         "--size", str(peer[1]), "--channels", "0", "0"]
+                        + (["--gpu"] if model.device.type == "cuda" else []),
                         capture_output=True, text=True)
                     if r.returncode != 0:
                         raise RuntimeError(f"reference run failed:\n{r.stderr[-3000:]}")

@@ -35,6 +35,7 @@ def main() -> None:
                     "median mask diameter), then segment at it; --diameter is ignored")
     ap.add_argument("--channels", type=int, nargs=2, default=[1, 2],
                     help="Cellpose channels (1-based, 0 = gray), default 1 2")
+    ap.add_argument("--gpu", action="store_true", help="Cellpose gpu=True (CUDA)")
     a = ap.parse_args()
     sd = torch.load(a.weights, map_location="cpu", weights_only=True)
     nbase = [int(sd["downsample.down.res_down_0.conv.conv_0.2.weight"].shape[1])]
@@ -42,7 +43,7 @@ def main() -> None:
     while f"downsample.down.res_down_{n}.conv.conv_0.2.weight" in sd:
         nbase.append(int(sd[f"downsample.down.res_down_{n}.conv.conv_0.2.weight"].shape[0]))
         n += 1
-    model = models.CellposeModel(gpu=False, pretrained_model=a.weights
+    model = models.CellposeModel(gpu=a.gpu, pretrained_model=a.weights
                                  if nbase[1:] == [32, 64, 128, 256] else False)
     if nbase[1:] != [32, 64, 128, 256]:  # other widths: swap in a CPnet of that width
         net = CPnet(nbase, 3, 3, mkldnn=model.mkldnn,
