@@ -69,16 +69,13 @@ from flowseg.engine.inference.model import Model
 from flowseg.engine.inference.style import ENCODER_SHARE
 from flowseg.engine.network import tiling as tiling_mod
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_segment import REAL  # noqa: E402  (the ``real`` set)
+from bench_segment import load_labelled as load  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-#: the ``real`` set (as ``bench_segment.REAL``)
-REAL = {
-    "nuclei": [f"dsb2018/train/{n}.png" for n in (
-        "08275a5b1c2dfcd7", "1a11552569160f0b", "4217e25defac94ff", "8d05fb18ee0cda10",
-        "c901794d1a421d52")],
-    "cyto": [f"usiigaci/train/set{k:02d}.tif" for k in (1, 8, 16, 21, 28, 34)],
-}
 #: Usiigaci images of the ``other`` set (not held out from ``cyto``'s training)
 OTHER_USIIGACI = (3, 6, 11, 14, 20, 25)
 #: ``--set scale``: diameters relative to the labels' median
@@ -115,20 +112,6 @@ def wide_images(data: Path) -> dict[str, list[str]]:
                 dsb.append(str(p.relative_to(data)))
     return {"nuclei": dsb, "cyto": sorted(str(p.relative_to(data))
                                           for p in (data / "usiigaci" / "train").glob("set*.tif"))}
-
-
-def load(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
-    """2D gray float32 image (RGB: the mean of R, G, B) and int32 labels of ``rel``."""
-    import imageio.v3 as iio
-    import tifffile
-
-    path = data / rel
-    img = tifffile.imread(path) if path.suffix == ".tif" else iio.imread(path)
-    img = np.asarray(img, np.float32)
-    if img.ndim == 3:
-        img = img[..., :3].mean(-1)
-    lab = iio.imread(path.with_name(path.stem + "_masks.png")).astype(np.int32)
-    return img, lab
 
 
 #: steps of the default path whose work is reported apart: (module, function, label)

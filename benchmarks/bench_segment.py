@@ -246,19 +246,25 @@ REAL = {
 }
 
 
-def real_images(data: Path, name: str):
-    """``(file name, 2D gray float32 image, int32 labels)`` of :data:`REAL` ``[name]``."""
+def load_labelled(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
+    """2D gray float32 image (RGB(A): the mean of R, G, B, what ``channels=None`` uses) and
+    int32 labels (``<stem>_masks.png``) of ``data / rel``."""
     import imageio.v3 as iio
     import tifffile
 
+    path = data / rel
+    img = tifffile.imread(path) if path.suffix == ".tif" else iio.imread(path)
+    img = np.asarray(img, np.float32)
+    if img.ndim == 3:
+        img = img[..., :3].mean(-1)
+    lab = iio.imread(path.with_name(path.stem + "_masks.png")).astype(np.int32)
+    return img, lab
+
+
+def real_images(data: Path, name: str):
+    """``(file name, 2D gray float32 image, int32 labels)`` of :data:`REAL` ``[name]``."""
     for rel in REAL[name]:
-        path = data / rel
-        img = tifffile.imread(path) if path.suffix == ".tif" else iio.imread(path)
-        img = np.asarray(img, np.float32)
-        if img.ndim == 3:  # RGB(A): the mean of R, G, B (what channels=None uses)
-            img = img[..., :3].mean(-1)
-        lab = iio.imread(path.with_name(path.stem + "_masks.png")).astype(np.int32)
-        yield path.name, img, lab
+        yield (Path(rel).name, *load_labelled(data, rel))
 
 
 def size_model_for_cellpose(model: Model, path: Path, width: int = 32) -> Path:

@@ -26,7 +26,6 @@ network costs seconds.  ``recipes/refit_size.py`` fits a new size model with the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -47,12 +46,10 @@ def weights_key(path: Path) -> str:
     """Hash of a model file's network weights (not its metadata): the style cache's key."""
     import torch
 
-    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    from flowseg.engine.inference.zoo import weights_fingerprint
+
+    return weights_fingerprint(torch.load(path, map_location="cpu", weights_only=True)
+                               ["state_dict"])
 
 
 def cached(name: str, key: str, make):

@@ -54,7 +54,13 @@ from scipy import ndimage
 
 from ..flows.masks import compute_masks
 from ..flows.params import MaskParams
-from ..network.tiling import inference_net, pad_amounts, run_tiled
+from ..network.tiling import (
+    inference_net,
+    input_tensor,
+    pad_amounts,
+    pad_channels_first,
+    run_tiled,
+)
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .base import ModelBase
 from .prepare import WHOLE_MAX, default_niter
@@ -159,16 +165,13 @@ def crops_forward(net: torch.nn.Module, batch: np.ndarray, pool: np.ndarray | No
     outputs ``(B, 3, H, W)`` and the new ``pool`` (the sum of the crops' averages).
     """
     fast = inference_net(net)
-    dev = next(fast.parameters()).device
-    t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(dev)
-    if dev.type == "cpu":
-        t = t.contiguous(memory_format=torch.channels_last)
+    t = input_tensor(fast, batch)
     with torch.inference_mode():
         xd = fast.downsample(t)
         means = xd[-1].mean(dim=(2, 3)).double().cpu().numpy()
         total = means.sum(0) if pool is None else pool + means.sum(0)
         style = total / max(float(np.linalg.norm(total)), 1e-12)
-        st = torch.from_numpy(style.astype(np.float32)).to(dev)[None].expand(len(means), -1)
+        st = torch.from_numpy(style.astype(np.float32)).to(t.device)[None].expand(len(means), -1)
         y = fast.output(fast.upsample(st, xd))
     return y.float().contiguous().cpu().numpy(), total
 
@@ -241,10 +244,8 @@ def _run_crops(model: ModelBase, stack: np.ndarray, pool: np.ndarray | None, sha
         y, _ = run_tiled(model.net, stack, batch_size=batch_size, augment=augment,
                          whole_max=WHOLE_MAX, cancel=cancel)
         return y, pool
-    B, h, w, C = stack.shape
-    py, px = pad_amounts(h), pad_amounts(w)
-    padded = np.zeros((B, C, h + sum(py), w + sum(px)), np.float32)
-    padded[:, :, py[0]:py[0] + h, px[0]:px[0] + w] = np.moveaxis(stack, -1, 1)
+    h, w = stack.shape[1:3]
+    padded, py, px = pad_channels_first(stack)
     y, pool = crops_forward(model.net, padded, pool)
     return y[:, :, py[0]:py[0] + h, px[0]:px[0] + w], pool
 

@@ -90,6 +90,8 @@ UNCERTAIN = 0.5 * float(np.log((1.0 + REUSE_TOLERANCE) / (1.0 - REUSE_FINER)))
 #: squared) at the network's scale is refined whole (the pass may then be kept); a larger
 #: one on a sample of crops (:func:`~flowseg.engine.inference.crops.refine_on_crops`)
 SMALL_CROPS = 2.0
+
+
 def style_diameter(size_model: dict, style: np.ndarray) -> float:
     """Diameter predicted by a size model from a style vector."""
     A = np.asarray(size_model["A"], np.float64)

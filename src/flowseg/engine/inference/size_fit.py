@@ -259,8 +259,6 @@ def fit_size_model(model: ModelBase, images: Sequence[np.ndarray], labels: Seque
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many label images as images (>0), got {len(images)} and "
                          f"{len(labels)}")
-    if jitter < 1.0:
-        raise ValueError(f"jitter must be >= 1, got {jitter}")
 
     def prepared():  # one image at a time (at most a few MB each in memory)
         for k, (img, lab) in enumerate(zip(images, labels)):

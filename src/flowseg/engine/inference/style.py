@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..network.tiling import inference_net, pad_amounts, tile_starts
+from ..network.tiling import inference_net, input_tensor, pad_channels_first, tile_starts
 from ..progress import CancelToken, check_cancel
 
 __all__ = ["ENCODER_SHARE", "encoder_styles", "spread", "tiles_style"]
@@ -42,10 +42,7 @@ def spread(n: int, k: int) -> np.ndarray:
 def encoder_styles(net: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
     """L2-normalised styles ``(B, S)`` of a batch ``(B, C, H, W)`` (H, W multiples of 16)."""
     fast = inference_net(net)
-    dev = next(fast.parameters()).device
-    t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(dev)
-    if dev.type == "cpu":
-        t = t.contiguous(memory_format=torch.channels_last)
+    t = input_tensor(fast, batch)
     with torch.inference_mode():
         st = fast.downsample(t)[-1].mean(dim=(2, 3))
         st = st / st.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -81,9 +78,8 @@ def tiles_style(net: torch.nn.Module, x: np.ndarray, *, max_tiles: Optional[int]
     n_tiles : int
         Tiles used.
     """
-    H, W, C = x.shape
-    py, px = pad_amounts(H), pad_amounts(W)
-    Hp, Wp = H + sum(py), W + sum(px)
+    padded, _, _ = pad_channels_first(x)
+    Hp, Wp = padded.shape[1:]
     ys, xs = tile_starts(Hp, bsize, tile_overlap), tile_starts(Wp, bsize, tile_overlap)
     rows, cols = np.arange(len(ys)), np.arange(len(xs))
     if max_tiles is not None and len(ys) * len(xs) > int(max_tiles):
@@ -92,8 +88,6 @@ def tiles_style(net: torch.nn.Module, x: np.ndarray, *, max_tiles: Optional[int]
         kx = int(np.clip(k // ky, 1, len(xs)))
         rows, cols = spread(len(ys), ky), spread(len(xs), kx)
     ly, lx = min(bsize, Hp), min(bsize, Wp)
-    padded = np.zeros((C, Hp, Wp), np.float32)
-    padded[:, py[0]:py[0] + H, px[0]:px[0] + W] = np.moveaxis(x, -1, 0)
     tiles = [(ys[j], xs[i]) for j in rows for i in cols]
     total = np.zeros(0, np.float64)
     for b0 in range(0, len(tiles), max(1, int(batch_size))):

@@ -47,10 +47,11 @@ import torch
 
 from ..io import registry
 from ..io.modelfile import FORMAT, _json_check, atomic_torch_save, load_model_file
-from ..network.tiling import inference_net, pad_amounts
+from ..network.tiling import pad_channels_first
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .base import ModelBase, resolve_device
 from .prepare import prepare_input
+from .style import encoder_styles
 from .transforms import normalize_percentile
 
 __all__ = ["DEFAULT_REFERENCE", "DEFAULT_SIZE", "STYLE_VERSION", "choose_model",
@@ -122,19 +123,7 @@ def _encoder_style(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     """Style vector of a whole prepared image ``(H, W, C)``, as ``run_tiled`` computes it
     for one tile, from the encoder alone (the decoder does not change the style: ~3x less
     work)."""
-    fast = inference_net(net)
-    H, W, C = x.shape
-    py, px = pad_amounts(H), pad_amounts(W)
-    padded = np.zeros((1, C, H + sum(py), W + sum(px)), np.float32)
-    padded[0, :, py[0]:py[0] + H, px[0]:px[0] + W] = np.moveaxis(x, -1, 0)
-    dev = next(fast.parameters()).device
-    t = torch.from_numpy(padded).to(dev)
-    if dev.type == "cpu":
-        t = t.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        st = fast.downsample(t)[-1].mean(dim=(2, 3))
-        st = st / st.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return st[0].float().cpu().numpy()
+    return encoder_styles(net, pad_channels_first(x)[0][None])[0]
 
 
 def image_style(image: np.ndarray, *, channels=None, channel_axis=None, z_axis=None,

@@ -33,8 +33,9 @@ from torch import nn
 
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 
-__all__ = ["TileLattice", "forward", "inference_net", "pad_amounts", "run_tiled", "taper_mask",
-           "tile_lattice", "tile_starts"]
+__all__ = ["TileLattice", "forward", "inference_net", "input_tensor", "pad_amounts",
+           "pad_channels_first", "run_tiled",
+           "taper_mask", "tile_lattice", "tile_starts"]
 
 _DIV = 16
 
@@ -139,6 +140,17 @@ def _axis_grid(L: int, bsize: int, overlap: float, augment: bool, pad_extra: int
     return d0 - c0, c1 - c0, starts[sel] - c0, ly, int(sel[0])
 
 
+def pad_channels_first(x: np.ndarray) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """``x`` ``(..., H, W, C)`` as float32 ``(..., C, Hp, Wp)``, zero-padded by
+    :func:`pad_amounts` on each axis as a whole image is padded; returns it and the
+    ``(before, after)`` pads of y and x."""
+    *lead, H, W, C = x.shape
+    py, px = pad_amounts(H), pad_amounts(W)
+    padded = np.zeros((*lead, C, H + sum(py), W + sum(px)), np.float32)
+    padded[..., py[0]:py[0] + H, px[0]:px[0] + W] = np.moveaxis(x, -1, -3)
+    return padded, py, px
+
+
 def taper_mask(ly: int, lx: int, sig: float = 7.5) -> np.ndarray:
     """Blending weights of a ``(ly, lx)`` tile: ~1 inside, sigmoid fall-off over ~20 px."""
     b = max(224, ly, lx)
@@ -152,12 +164,19 @@ def _net_device(net: torch.nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def forward(net: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``net`` on a batch ``(B, C, H, W)`` float32; returns ``(B, 3, H, W)``, ``(B, S)``."""
+def input_tensor(net: torch.nn.Module, x: np.ndarray) -> torch.Tensor:
+    """A batch ``(B, C, H, W)`` as float32 on ``net``'s device (channels-last on CPU, the
+    layout of :func:`inference_net`)."""
     dev = _net_device(net)
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
     if dev.type == "cpu":
         t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def forward(net: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``net`` on a batch ``(B, C, H, W)`` float32; returns ``(B, 3, H, W)``, ``(B, S)``."""
+    t = input_tensor(net, x)
     with torch.inference_mode():
         y, style = net(t)
     return (y.float().contiguous().cpu().numpy(), style.float().cpu().numpy())
