@@ -168,6 +168,38 @@ def test_size_model_keeps_the_regression_on_one_image_of_large_cells(cyto):
         assert abs(np.log(est / true)) < max(start, np.log(1.25))
 
 
+def test_a_size_model_that_cannot_read_the_finetuned_styles_is_dropped():
+    """A regression that does not follow the fine-tuned network's styles on zoomed views of
+    the training image is not kept (its offset alone cannot fix it); ``segment`` then
+    estimates by segmenting from the training objects' median and measuring."""
+    start = Model.load("cyto")
+    sm0 = start.meta["size_model"]
+    junk = np.random.default_rng(0).normal(0.0, 40.0, len(sm0["A"]))  # reads nothing real
+    start.meta["size_model"] = {**sm0, "A": junk.tolist()}
+    s = make_sample("cells", (256, 256), diameter=36.0, with_nuclei=False, seed=3)
+    h = make_sample("cells", (256, 256), diameter=56.0, with_nuclei=False, seed=5)
+    res = train(start, [s.image], [s.labels], epochs=1, crop=96, seed=0)
+    m = res.model
+    assert m.meta["size_model"] is None
+    assert "size model" in res.note and "dropped" in m.meta["training"]["note"]
+    seg = m.segment(h.image)
+    assert seg.params["diameter_source"] == "estimated"
+    assert seg.params["diameter_start"] == pytest.approx(m.meta["diam_train"])
+    est = seg.params["diameter_estimate"]  # (seg.diameter: where its kept pass was made)
+    assert 0.75 * h.diameter < est < 1.33 * h.diameter, (est, h.diameter, m.meta["diam_train"])
+
+
+def test_a_size_model_calibration_records_its_error(cyto):
+    from flowseg.engine.inference.prepare import prepare_input
+    from flowseg.engine.inference.size import calibrate_size_model
+
+    s = make_sample("cells", (256, 256), diameter=36.0, with_nuclei=False, seed=3)
+    x, _ = prepare_input(cyto, s.image)
+    sm = calibrate_size_model(cyto, [x], [s.labels], cyto.meta["size_model"], n_views=6)
+    assert 0.0 <= sm["residual"] < np.log(1.25)
+    assert sm["b"] == pytest.approx(cyto.meta["size_model"]["b"] + sm["offset"])
+
+
 def test_a_finetuned_model_stores_the_style_of_its_own_training_images(cyto, data):
     ti, tl = data[0], data[1]
     m = train(cyto, ti, tl, epochs=1, crop=96, seed=0).model

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..inference.model import Model
 from ..inference.prepare import normalize_arg
-from ..inference.size import estimate_diameter_prepared
+from ..inference.size import can_estimate, estimate_diameter_prepared
 from ..inference.transforms import channel_percentiles, prepare_channels
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from .plan import BlockPlan
@@ -128,9 +128,10 @@ def estimate_central_diameter(model: Model, source: Source,
                               cancel: CancelToken = None) -> tuple[float, str]:
     """Object diameter from a central crop (middle slice for 3D), as the in-memory path does.
 
-    Returns ``(diameter, how)``; without a size model the model's ``diam_mean``.
+    Returns ``(diameter, how)``; without a size model (nor a fine-tuned model's training
+    diameter to start from) the model's ``diam_mean``.
     """
-    if model.size_model is None:
+    if not can_estimate(model):
         return model.diam_mean, "model diam_mean (no size model; pass diameter to resize)"
 
     lay = source.layout

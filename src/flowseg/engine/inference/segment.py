@@ -31,11 +31,13 @@ from .prepare import WHOLE_MAX, Normalize, check_diameter, default_niter, prepar
 from .result import Segmentation
 from .size import (
     Refinement,
+    can_estimate,
     estimate_diameter_prepared,
     min_estimate,
     pass_fits,
     refine_estimate,
     regression_diameter,
+    start_diameter,
 )
 from .volume import run_3d
 
@@ -82,26 +84,32 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
                  ) -> tuple[float, Optional[Refinement], dict[str, Any]]:
     """Estimate the diameter of a prepared 2D image, keeping the estimate's pass if it fits.
 
-    The size model's diameter (:func:`~flowseg.engine.inference.size.regression_diameter`)
-    is refined (:func:`~flowseg.engine.inference.size.refine_estimate`, with the caller's
-    network options): a large image is first measured on a sample of crops at it, then the
-    whole image is segmented once at the crops' median (a small image: at the size model's
-    diameter) and the estimate is the median diameter of its masks.  When the pass was made
+    The size model's diameter (:func:`~flowseg.engine.inference.size.regression_diameter`;
+    without one, the training objects' median of a fine-tuned model,
+    :func:`~flowseg.engine.inference.size.start_diameter`) is refined
+    (:func:`~flowseg.engine.inference.size.refine_estimate`, with the caller's network
+    options): a large image is first measured on a sample of crops at it, then the whole
+    image is segmented once at the crops' median (a small image: at the start diameter) and
+    the estimate is the median diameter of its masks.  When the pass was made
     near enough the estimate (:func:`~flowseg.engine.inference.size.pass_fits`: at most 10 %
     above or 20 % below it) the pass is the segmentation (no second network pass).  Returns
     the diameter to segment at, the pass to keep (or None) and the record for ``params``.
     """
     progress, cancel = opts["progress"], opts["cancel"]
     report(progress, "size", 0, 1, "estimating the object size")
-    d_reg = regression_diameter(model, x, batch_size=opts["batch_size"], cancel=cancel)
+    if model.size_model is not None:
+        d_reg = regression_diameter(model, x, batch_size=opts["batch_size"], cancel=cancel)
+    else:  # a fine-tuned model whose size model was dropped: from its training objects
+        d_reg = start_diameter(model)
     _check_work_size(x.shape[:-1], model.diam_mean / d_reg, 1.0, d_reg, model.diam_mean)
     check_cancel(cancel)
     measured, ref, record = refine_estimate(model, x, d_reg, **opts)
     est = max(min_estimate(model), measured) if measured > 0 else ref.at
     keep = pass_fits(ref.at, est)
     report(progress, "size", 1, 1, "estimating the object size")
-    record.update(diameter_estimate=float(est), diameter_size_model=float(d_reg),
-                  estimate_pass_kept=bool(keep))
+    record.update({"diameter_estimate": float(est), "estimate_pass_kept": bool(keep),
+                   ("diameter_size_model" if model.size_model is not None
+                    else "diameter_start"): float(d_reg)})
     return (ref.at, ref, record) if keep else (est, None, record)
 
 
@@ -187,10 +195,10 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
     kept: Optional[Refinement] = None
     estimate: dict[str, Any] = {}
     if diameter is None:
-        if model.size_model is not None and sdim == 2:
+        if can_estimate(model) and sdim == 2:
             diameter, kept, estimate = _estimate_2d(model, x, opts)
             source = "estimated"
-        elif model.size_model is not None:
+        elif can_estimate(model):
             diameter = estimate_diameter_prepared(model, x[x.shape[0] // 2],
                                                   batch_size=batch_size, progress=progress,
                                                   cancel=cancel)

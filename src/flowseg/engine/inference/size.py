@@ -40,7 +40,7 @@ from .style import ENCODER_SHARE, tiles_style
 __all__ = ["MAX_UPSCALE", "REUSE_FINER", "REUSE_TOLERANCE", "SMALL_CROPS", "STYLE_BUDGET",
            "STYLE_FAR", "STYLE_FIRST", "STYLE_TILES", "UNCERTAIN", "Refinement",
            "calibrate_size_model", "estimate_diameter", "estimate_diameter_prepared",
-           "fitted_range", "pass_fits",
+           "can_estimate", "fitted_range", "pass_fits", "start_diameter",
            "fit_size_model", "mask_diameters", "min_estimate", "refine_at", "refine_estimate",
            "regression_diameter", "style_diameter", "zoomed_views"]
 
@@ -145,6 +145,28 @@ def pass_fits(at: float, estimate: float) -> bool:
     ``(1 - REUSE_FINER) * estimate <= at <= (1 + REUSE_TOLERANCE) * estimate``."""
     r = float(at) / float(estimate)
     return (1.0 - REUSE_FINER) * (1 - 1e-12) <= r <= (1.0 + REUSE_TOLERANCE) * (1 + 1e-12)
+
+
+def _diam_train(model: ModelBase) -> float | None:
+    d = (getattr(model, "meta", None) or {}).get("diam_train")
+    try:
+        return float(d) if d is not None and np.isfinite(float(d)) and float(d) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def start_diameter(model: ModelBase) -> float:
+    """Where an estimate without a size model starts: the median object diameter of the
+    model's training images (``meta["diam_train"]``, recorded by fine-tuning -- Cellpose 2.0
+    segments with it by default), else ``diam_mean``."""
+    d = _diam_train(model)
+    return float(model.diam_mean) if d is None else max(min_estimate(model), d)
+
+
+def can_estimate(model: ModelBase) -> bool:
+    """Whether ``diameter=None`` estimates: with a size model, or, without one, from the
+    training objects' median (``meta["diam_train"]``) by segmenting and measuring."""
+    return model.size_model is not None or _diam_train(model) is not None
 
 
 def min_estimate(model: ModelBase) -> float:
@@ -267,11 +289,12 @@ def estimate_diameter_prepared(model: ModelBase, x: np.ndarray, *, batch_size: i
     With a size model: :func:`regression_diameter`, then (``refine``) the median mask
     diameter of a whole-image segmentation near it (:func:`refine_estimate`: on a large
     image at the median of a sample of crops); without one the same starting from
-    ``diam_mean``.  When nothing is found: the diameter that pass was made at.  The result
+    :func:`start_diameter` (``diam_train`` of a fine-tuned model, else ``diam_mean``).  When
+    nothing is found: the diameter that pass was made at.  The result
     is never below :func:`min_estimate`; ``Model.segment(diameter=None)`` gets the same.
     """
     report(progress, "size", 0, 1, "estimating the object size")
-    diam = model.diam_mean
+    diam = start_diameter(model)
     if model.size_model is not None:
         diam = regression_diameter(model, x, batch_size=batch_size, budget=refine,
                                    cancel=cancel)
@@ -292,7 +315,8 @@ def estimate_diameter(model: ModelBase, image: np.ndarray, *, channels=None, cha
 
     With a size model: regression from the style vector, then (``refine``) the median mask
     diameter of one segmentation at that diameter.  Without one: the median mask diameter
-    of a segmentation at the model's ``diam_mean`` (reliable within about a factor of 2 of it).
+    of a segmentation at :func:`start_diameter` (the training objects' median of a fine-tuned
+    model, else ``diam_mean``; reliable within about a factor of 2 of it).
     See :func:`estimate_diameter_prepared`.
     """
     x, sdim = prepare_input(model, image, channels=channels, channel_axis=channel_axis,

@@ -32,8 +32,11 @@ from .prepare import prepare_input
 from .style import tiles_style
 from .transforms import resize_image
 
-__all__ = ["calibrate_size_model", "fit_ridge", "fit_size_model", "image_views", "zoom_view",
-           "zoomed_views"]
+__all__ = ["MIN_OFFSET", "calibrate_size_model", "fit_ridge", "fit_size_model", "image_views",
+           "zoom_view", "zoomed_views"]
+
+#: a calibration offset (log) of at most this (10 %) is not applied (see calibrate_size_model)
+MIN_OFFSET = float(np.log(1.1))
 
 
 def zoom_view(x: np.ndarray, zoom: float, crop: int, rng: np.random.Generator
@@ -311,9 +314,12 @@ def calibrate_size_model(model: ModelBase, images: Sequence[np.ndarray],
     Returns
     -------
     dict
-        ``{"A", "b", "n", "train_r", "offset", "b_start"}``: ``b = b_start + offset`` where
-        ``offset`` is the median of ``log(true) - log(predicted)`` over the views;
-        ``train_r``: correlation of predicted and true log diameters on the views.
+        ``{"A", "b", "n", "train_r", "offset", "offset_measured", "b_start", "residual"}``:
+        ``b = b_start + offset`` where ``offset_measured`` is the median of ``log(true) -
+        log(predicted)`` over the views, applied as ``offset`` when larger than
+        :data:`MIN_OFFSET` (else 0); ``train_r``: correlation of predicted and true log
+        diameters on the views; ``residual``: median absolute log error on the views after
+        the measured offset.
 
     Raises
     ------
@@ -333,7 +339,11 @@ def calibrate_size_model(model: ModelBase, images: Sequence[np.ndarray],
     b0 = float(size_model["b"])
     t = np.asarray(targets, np.float64)
     pred = S @ A + b0
-    offset = float(np.median(t - pred))
+    measured = float(np.median(t - pred))
+    # a median over a few views of one or two images is itself uncertain by ~10 %, and the
+    # estimate's own measurement corrects errors of that size: smaller offsets are not applied
+    offset = measured if abs(measured) > MIN_OFFSET else 0.0
     r = float(np.corrcoef(pred, t)[0, 1]) if np.std(t) > 0 and np.std(pred) > 0 else 0.0
     return {"A": A.tolist(), "b": b0 + offset, "n": int(S.shape[0]), "train_r": r,
-            "offset": offset, "b_start": b0}
+            "offset": offset, "offset_measured": measured, "b_start": b0,
+            "residual": float(np.median(np.abs(t - pred - measured)))}

@@ -336,7 +336,7 @@ def train(
                        cancelled=loop.cancelled, save_path=save_path,
                        checkpoint_path=checkpoint_path, seconds=time.monotonic() - t_start,
                        crops_per_second=loop.n_crops / loop.t_loop if loop.t_loop > 0 else 0.0,
-                       improved=improved, note=note)
+                       improved=improved, note=model.meta["training"]["note"])
 
 
 def _schedule(cfg: dict, n_epochs: int | None, nb: int) -> tuple[np.ndarray | None, int]:
