@@ -369,3 +369,21 @@ def test_uncertain_crops_do_not_make_the_pass_finer(cyto, many, monkeypatch, se,
     seg = _with_size(cyto, 20.0).segment(many)
     assert seg.params["diameter_crops"] == 14.0 and seg.params["crops_se"] == se
     assert calls[0] == pytest.approx(cyto.diam_mean / expected)
+
+
+@pytest.mark.parametrize("value, expect", [(None, None), (24.0, 24.0), (float("nan"), None),
+                                           (-3.0, None), ("abc", None), (0.0, None)])
+def test_a_model_without_a_size_model_starts_from_its_training_diameter(value, expect):
+    """``meta["diam_train"]`` (a fine-tuned model whose size model was dropped) is where an
+    estimate starts; a missing or unusable value leaves the model at ``diam_mean`` with no
+    estimate (``diameter=None`` then segments at ``diam_mean``)."""
+    from flowseg.engine.inference.size import can_estimate, start_diameter
+
+    m = Model.load("cyto")
+    m.meta["size_model"] = None
+    m.meta["diam_train"] = value
+    assert can_estimate(m) == (expect is not None)
+    assert start_diameter(m) == pytest.approx(m.diam_mean if expect is None else expect)
+    if expect is None:
+        seg = m.segment(np.zeros((64, 64), np.float32) + np.arange(64, dtype=np.float32))
+        assert seg.params["diameter_source"].startswith("model diam_mean")
