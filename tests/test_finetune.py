@@ -225,3 +225,38 @@ def test_a_trained_state_must_beat_the_start_by_the_margin():
     assert loop._beats([0.80, 0.5, -0.9]) and not loop._beats([0.80, 0.5, -1.1])
     loop.min_gain, loop.best = 0.0, {"epoch": 0, "score": [0.80, 0.5, -1.0]}
     assert loop._beats([0.80, 0.5, -0.9])
+
+
+def test_a_binary_mask_given_as_labels_is_split_into_objects():
+    """A semantic (0/1) mask saved as labels must not be trained as one object."""
+    from flowseg.engine.training.prep import split_binary_masks
+
+    s = make_sample("cells", (160, 160), diameter=24.0, with_nuclei=False, seed=2)
+    n = len(np.unique(s.labels)) - 1
+    binary = s.labels > 0
+    with pytest.warns(UserWarning, match="binary mask"):
+        out = split_binary_masks([binary.astype(np.uint8)])
+    assert 1 < out[0].max() <= n and np.array_equal(out[0] > 0, binary)
+    # instance labels are returned as they are, without a warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = split_binary_masks([s.labels])
+    assert np.array_equal(same[0], s.labels)
+    # an id drawn over two separate places is kept, with a warning
+    lab = np.zeros((40, 40), np.int32)
+    lab[2:8, 2:8] = 1
+    lab[20:26, 20:26] = 1
+    lab[30:36, 2:8] = 2
+    with pytest.warns(UserWarning, match="separate regions"):
+        kept = split_binary_masks([lab])
+    assert np.array_equal(kept[0], lab)
+
+
+def test_training_on_a_binary_mask_trains_on_its_objects(cyto):
+    s = make_sample("cells", (160, 160), diameter=24.0, with_nuclei=False, seed=2)
+    with pytest.warns(UserWarning, match="binary mask"):
+        res = train(cyto, [s.image], [s.labels > 0], epochs=1, crop=96, seed=0)
+    assert res.model.meta["diam_train"] == pytest.approx(
+        float(np.median(2 * np.sqrt(np.bincount(s.labels.ravel())[1:] / np.pi))), rel=0.35)

@@ -25,7 +25,7 @@ from ..inference.checks import check_image
 from ..inference.transforms import normalize_percentile, prepare_channels
 from ..progress import check_cancel, report
 
-__all__ = ["SampleSet", "median_diameter", "check_pairs", "prepare_samples"]
+__all__ = ["SampleSet", "median_diameter", "check_pairs", "prepare_samples", "split_binary_masks"]
 
 
 @dataclass
@@ -86,6 +86,56 @@ def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], what
         if img.shape != sp and img.shape[:-1] != sp and img.shape[1:] != sp:
             raise ValueError(f"{what} image #{k} has shape {img.shape} but its labels have "
                              f"shape {sp}; the spatial shapes must match")
+
+
+def split_binary_masks(labels: Sequence[np.ndarray], what: str = "training") -> list:
+    """Label images as instance labels: a *binary* mask (one id covering several separate
+    regions, e.g. a semantic mask saved as labels) is split into its connected regions.
+
+    Flows need one id per object: trained as one object, a mask of 40 separate cells would
+    teach the network flows towards a single centre.  Each split image is named in a
+    warning.  In an image with several ids, ids that cover separate regions (e.g. a brush
+    stroke with the same label away from its cell) are only warned about: those are kept as
+    drawn.
+
+    Parameters
+    ----------
+    labels : sequence of np.ndarray
+        Label images (checked by :func:`check_pairs`).
+    what : str
+        ``"training"`` or ``"validation"``, for the messages.
+
+    Returns
+    -------
+    list of np.ndarray
+    """
+    from skimage.measure import label as connected  # regions of equal value
+
+    out, split, scattered = [], [], []
+    for k, lab in enumerate(labels):
+        lab = check_labels(lab, name=f"{what} labels #{k}")
+        ids = np.unique(lab)
+        ids = ids[ids > 0]
+        if ids.size == 0:
+            out.append(lab)
+            continue
+        comp = connected(lab, background=0, connectivity=1)
+        n = int(comp.max())
+        if ids.size == 1 and n > 1:
+            out.append(comp.astype(lab.dtype if n < np.iinfo(lab.dtype).max else np.int64))
+            split.append(f"#{k} ({n} regions)")
+            continue
+        if n > ids.size:
+            scattered.append(f"#{k} ({n - ids.size} extra region(s))")
+        out.append(lab)
+    if split:
+        warnings.warn(f"{what} labels {', '.join(split)} had one id for several separate "
+                      "regions (a binary mask?): each region was made its own object",
+                      stacklevel=3)
+    if scattered:
+        warnings.warn(f"{what} labels {', '.join(scattered[:5])}: some ids cover separate "
+                      "regions; each such id is trained as one object", stacklevel=3)
+    return out
 
 
 def _channels_first(image: np.ndarray, spatial_ndim: int, channels, nchan: int,

@@ -41,7 +41,7 @@ from .finetune import make_scorer, outcome, reserve_time
 from .finish import finish_model, images_style, size_views
 from .intensity import IntensityAug
 from .loop import TrainLoop
-from .prep import prepare_samples
+from .prep import check_pairs, prepare_samples, split_binary_masks
 from .quickcheck import MIN_GAIN
 from .schedule import RECIPES, lr_schedule, make_optimizer, resolve_recipe
 from .start import TrainResult, base_scales, check_writable, resolve_model
@@ -225,6 +225,11 @@ def train(
     else:
         model = resolve_model(model, width, diam_mean, seed)
     net = model.net
+    check_pairs(images, labels)
+    labels = split_binary_masks(labels)
+    if val_labels is not None:
+        check_pairs(val_images, val_labels, "validation")
+        val_labels = split_binary_masks(val_labels, "validation")
     samples = prepare_samples(images, labels, nchan=model.nchan, channels=channels,
                               normalize=model.normalize, min_masks=min_masks, names=names,
                               anisotropy=anisotropy, progress=progress, cancel=cancel)
