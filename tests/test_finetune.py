@@ -124,7 +124,11 @@ def test_time_budget_bounds_the_whole_call(cyto, data):
     assert len(res.history["loss"]) == 2 and res.seconds < 600.0
     assert res.model.meta["training"]["config"]["time_budget"] == 600.0
     stages = [e.stage for e in pc.events]
-    assert stages.index("check") < stages.index("train") < stages.index("size")
+    assert stages.index("check") < stages.index("train")
+    # the size model is calibrated for trained weights; with the start's kept, it is kept too
+    assert ("size" in stages) == res.improved
+    if res.improved:
+        assert stages.index("train") < stages.index("size")
     ev = [e for e in pc.events if e.stage == "train"]
     assert {"epoch", "loss", "lr", "elapsed", "budget"} <= set(ev[-1].info)
     assert ev[-1].info["budget"] == 600.0 and 0 < ev[0].info["elapsed"] < ev[-1].info["elapsed"]
@@ -225,6 +229,18 @@ def test_a_trained_state_must_beat_the_start_by_the_margin():
     assert loop._beats([0.80, 0.5, -0.9]) and not loop._beats([0.80, 0.5, -1.1])
     loop.min_gain, loop.best = 0.0, {"epoch": 0, "score": [0.80, 0.5, -1.0]}
     assert loop._beats([0.80, 0.5, -0.9])
+
+
+def test_a_finetune_that_keeps_its_start_weights_segments_as_its_start(cyto, data):
+    """Start weights kept (no check gain): the size model is the start's too, so the saved
+    model's estimated-diameter segmentation is the start model's."""
+    ti, tl, hi = data[0], data[1], data[2]
+    res = train(cyto, ti, tl, time_budget=2.0, crop=96, seed=0)  # no time to train
+    assert not res.improved
+    assert res.model.meta["size_model"] == cyto.meta["size_model"]
+    for img in hi[:2]:
+        a, b = cyto.segment(img), res.model.segment(img)
+        assert a.diameter == b.diameter and np.array_equal(a.masks, b.masks)
 
 
 def test_a_binary_mask_given_as_labels_is_split_into_objects():
