@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.measure import label as connected_regions  # regions of equal value
 
 from ..errors import InputError
 from ..flows.diffusion import check_labels, masks_to_flows
@@ -109,8 +110,6 @@ def split_binary_masks(labels: Sequence[np.ndarray], what: str = "training") -> 
     -------
     list of np.ndarray
     """
-    from skimage.measure import label as connected  # regions of equal value
-
     out, split, scattered = [], [], []
     for k, lab in enumerate(labels):
         lab = check_labels(lab, name=f"{what} labels #{k}")
@@ -119,7 +118,7 @@ def split_binary_masks(labels: Sequence[np.ndarray], what: str = "training") -> 
         if ids.size == 0:
             out.append(lab)
             continue
-        comp = connected(lab, background=0, connectivity=1)
+        comp = connected_regions(lab, background=0, connectivity=1)
         n = int(comp.max())
         if ids.size == 1 and n > 1:
             out.append(comp.astype(lab.dtype if n < np.iinfo(lab.dtype).max else np.int64))
