@@ -33,11 +33,10 @@ from .size import (
     Refinement,
     can_estimate,
     estimate_diameter_prepared,
+    initial_diameter,
     min_estimate,
     pass_fits,
     refine_estimate,
-    regression_diameter,
-    start_diameter,
 )
 from .volume import run_3d
 
@@ -97,10 +96,7 @@ def _estimate_2d(model: ModelBase, x: np.ndarray, opts: dict[str, Any]
     """
     progress, cancel = opts["progress"], opts["cancel"]
     report(progress, "size", 0, 1, "estimating the object size")
-    if model.size_model is not None:
-        d_reg = regression_diameter(model, x, batch_size=opts["batch_size"], cancel=cancel)
-    else:  # a fine-tuned model whose size model was dropped: from its training objects
-        d_reg = start_diameter(model)
+    d_reg = initial_diameter(model, x, batch_size=opts["batch_size"], cancel=cancel)
     _check_work_size(x.shape[:-1], model.diam_mean / d_reg, 1.0, d_reg, model.diam_mean)
     check_cancel(cancel)
     measured, ref, record = refine_estimate(model, x, d_reg, **opts)
@@ -195,17 +191,17 @@ def segment(model: ModelBase, image: np.ndarray, *, channels=None, channel_axis=
     kept: Optional[Refinement] = None
     estimate: dict[str, Any] = {}
     if diameter is None:
-        if can_estimate(model) and sdim == 2:
+        if not can_estimate(model):
+            diameter = model.diam_mean
+            source = "model diam_mean (no size model; pass diameter to resize)"
+        elif sdim == 2:
             diameter, kept, estimate = _estimate_2d(model, x, opts)
             source = "estimated"
-        elif can_estimate(model):
+        else:
             diameter = estimate_diameter_prepared(model, x[x.shape[0] // 2],
                                                   batch_size=batch_size, progress=progress,
                                                   cancel=cancel)
             source = "estimated (middle slice)"
-        else:
-            diameter = model.diam_mean
-            source = "model diam_mean (no size model; pass diameter to resize)"
     rescale = model.diam_mean / diameter
     zf = rescale * float(anisotropy or 1.0) if (sdim == 3 and do_3d) else 1.0
     _check_work_size(x.shape[:-1], rescale, zf, diameter, model.diam_mean)

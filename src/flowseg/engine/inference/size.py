@@ -40,7 +40,7 @@ from .style import ENCODER_SHARE, tiles_style
 __all__ = ["MAX_UPSCALE", "REUSE_FINER", "REUSE_TOLERANCE", "SMALL_CROPS", "STYLE_BUDGET",
            "STYLE_FAR", "STYLE_FIRST", "STYLE_TILES", "UNCERTAIN", "Refinement",
            "calibrate_size_model", "estimate_diameter", "estimate_diameter_prepared",
-           "can_estimate", "fitted_range", "pass_fits", "start_diameter",
+           "can_estimate", "fitted_range", "initial_diameter", "pass_fits", "start_diameter",
            "fit_size_model", "mask_diameters", "min_estimate", "refine_at", "refine_estimate",
            "regression_diameter", "style_diameter", "zoomed_views"]
 
@@ -210,6 +210,15 @@ def regression_diameter(model: ModelBase, x: np.ndarray, *, batch_size: int = 8,
     return max(min_estimate(model), style_diameter(model.size_model, style))
 
 
+def initial_diameter(model: ModelBase, x: np.ndarray, *, batch_size: int = 8,
+                     budget: bool = True, cancel: CancelToken = None) -> float:
+    """Where an estimate of a prepared 2D image starts: the size model's reading
+    (:func:`regression_diameter`) or, without a size model, :func:`start_diameter`."""
+    if model.size_model is None:
+        return start_diameter(model)
+    return regression_diameter(model, x, batch_size=batch_size, budget=budget, cancel=cancel)
+
+
 def refine_at(model: ModelBase, x: np.ndarray, at: float, *, bsize: int = 224,
               tile_overlap: float = 0.1, batch_size: int = 8, augment: bool = False,
               whole_max: int = WHOLE_MAX, pad_extra: int = 8,
@@ -294,10 +303,7 @@ def estimate_diameter_prepared(model: ModelBase, x: np.ndarray, *, batch_size: i
     is never below :func:`min_estimate`; ``Model.segment(diameter=None)`` gets the same.
     """
     report(progress, "size", 0, 1, "estimating the object size")
-    diam = start_diameter(model)
-    if model.size_model is not None:
-        diam = regression_diameter(model, x, batch_size=batch_size, budget=refine,
-                                   cancel=cancel)
+    diam = initial_diameter(model, x, batch_size=batch_size, budget=refine, cancel=cancel)
     if refine:
         check_cancel(cancel)
         d, ref, _ = refine_estimate(model, x, diam, batch_size=batch_size, progress=progress,
