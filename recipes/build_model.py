@@ -34,6 +34,20 @@ sys.path.insert(0, str(HERE))
 from data import RECIPES, load_training_set, stage_configs  # noqa: E402
 
 
+def rebase_model(model, diam_mean: float):
+    """The model's network as the start of a model working at another object diameter.
+
+    Only the weights are kept: the size model, style centroid and training record of the
+    start describe objects at its own ``diam_mean`` and are dropped.
+    """
+    import copy
+
+    return type(model)(copy.deepcopy(model.net),
+                       {"diam_mean": float(diam_mean), "diam_labels": float(diam_mean),
+                        "normalize": list(model.normalize), "source": "flowseg"},
+                       device=model.device)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", choices=sorted(RECIPES))
@@ -85,6 +99,8 @@ def main(argv=None) -> int:
         from widen import widen_model
 
         start = widen_model(flowseg.Model.load(start), cfg["width"], seed=cfg["seed"])
+    if cfg.get("start_diam_mean") and k == 1:  # the start's weights at another object size
+        start = rebase_model(flowseg.Model.load(start), float(cfg["start_diam_mean"]))
     out = stage_out(k)
     ckpt = runs / (f"{args.model}.ckpt" if k == 1 else f"{args.model}_stage{k}.ckpt")
     from flowseg.engine.inference.base import device_name, resolve_device

@@ -75,6 +75,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         "oversample": 3, "half": True, "workers": 7, "intensity": "default",
         "scale_range": (0.5, 2.0), "stain_jitter": 0.3, "synthetic": 160,
     },
+    "cyto_cpu_generalist": {
+        # what the 2-core CPU can train in one session (~2 h): the bundled nuclei network
+        # (width 32) as the start, its object size rebased to 30 px, on Usiigaci whole cells
+        # (8x), every DSB image once and synthetic cells of six looks, at 160-px crops
+        "recipe": "from_scratch", "start": "nuclei", "start_diam_mean": 30.0, "epochs": 56,
+        "learning_rate": 0.05, "warmup": 3, "batch_size": 8, "crop": 160, "width": 32,
+        "diam_mean": 30.0, "channels": (0, 1), "n_per_epoch": 512, "val_every": 8,
+        "seed": 92, "checkpoint_every": 2.0, "oversample": 1, "cells_repeat": 8,
+        "half": True, "workers": 0, "intensity": "default", "scale_range": (0.5, 2.0),
+        "stain_jitter": 0.3, "synthetic": 240,
+    },
 }
 
 #: objects of a "small" DSB image (the ablation's small-object kind): median diameter below
@@ -282,7 +293,7 @@ def synthetic_generalist(model: str, n: int, seed: int, stain_jitter: float = 0.
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    looks = SYNTHETIC_LOOKS[model]
+    looks = SYNTHETIC_LOOKS["cyto_generalist" if model.startswith("cyto") else "nuclei_generalist"]
     jobs = [(looks[k % len(looks)], seed + k, model.startswith("cyto"), stain_jitter)
             for k in range(n)]
     if n >= 8:
@@ -340,7 +351,8 @@ def load_generalist(model: str, data: Path, synthetic: int | None = None) -> dic
         cells = load_source("usiigaci", data)
         for img, lab, name in zip(cells["train_images"], cells["train_labels"],
                                   cells["train_names"]):
-            add("train", _two_channel(img), lab, name, "usiigaci/phase", 4)
+            add("train", _two_channel(img), lab, name, "usiigaci/phase",
+                int(cfg.get("cells_repeat", 4)))
         for img, lab, name in zip(cells["val_images"], cells["val_labels"], cells["val_names"]):
             add("val", _two_channel(img), lab, name, "usiigaci/phase")
     else:

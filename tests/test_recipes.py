@@ -106,6 +106,29 @@ def test_widen_model_keeps_outputs_and_rejects_bad_widths():
         widen_model(narrow, 6)
 
 
+def test_rebase_model_keeps_the_network_and_drops_what_describes_the_old_size():
+    import torch
+    from build_model import rebase_model
+
+    import flowseg
+
+    start = flowseg.Model.new(width=4, nchan=2, diam_mean=17.0, seed=0)
+    start.meta.update(size_model={"A": [0.0], "b": 1.0}, diam_labels=21.0, training={"x": 1},
+                      style={"centroid": [0.0]})
+    start.meta["normalize"] = [2.0, 98.0]
+    new = rebase_model(start, 30.0)
+    assert new.diam_mean == 30.0 and float(new.net.diam_mean) == 30.0
+    assert new.meta["diam_labels"] == 30.0 and new.normalize == (2.0, 98.0)
+    assert new.size_model is None and "training" not in new.meta and "style" not in new.meta
+    assert start.diam_mean == 17.0  # the start is not changed
+    x = torch.randn(1, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(start.net(x)[0], new.net(x)[0])
+    with torch.no_grad():  # a copy, not the start's network
+        next(new.net.output.parameters()).add_(1.0)
+        assert not torch.equal(start.net(x)[0], new.net(x)[0])
+
+
 def test_refresh_copies_separates_widened_channels_and_keeps_outputs():
     import torch
     from widen import copy_similarity, refresh_copies, widen_model
