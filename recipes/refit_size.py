@@ -110,6 +110,20 @@ def fit_views(model, data: dict, chans, key: str, *, views: int, crop: int, seed
     return np.asarray(S), np.asarray(T), np.asarray(G)
 
 
+def distinct_training_images(data: dict, max_images: int | None = None) -> dict:
+    """``data`` with each training image once (the recipes repeat some to draw them more
+    often; a repeat adds no new view of the sizes), at most ``max_images`` evenly spaced."""
+    names = data["train_names"]
+    seen: set = set()
+    keep = [k for k, n in enumerate(names) if not (n in seen or seen.add(n))]
+    if max_images is not None and len(keep) > max_images > 0:
+        keep = [keep[int(i)] for i in np.linspace(0, len(keep) - 1, max_images)]
+    out = dict(data)
+    for key in [k for k in data if k.startswith("train_")]:
+        out[key] = [data[key][k] for k in keep]
+    return out
+
+
 def better(old: dict, new: dict) -> bool:
     """New is better: lower median error and no smaller fraction within, on val and zooms."""
     return all(new[s]["median_abs_log"] < old[s]["median_abs_log"]
@@ -118,7 +132,7 @@ def better(old: dict, new: dict) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", choices=("nuclei", "cyto"))
+    p.add_argument("model", help="a recipe of recipes/data.py (nuclei, cyto, *_generalist)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--model-file", default=None)
     p.add_argument("--eval-only", action="store_true")
@@ -131,6 +145,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-native", action="store_true",
                    help="no view of each training image at its own scale")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-images", type=int, default=None,
+                   help="fit on at most this many distinct training images (evenly "
+                        "spaced; repeats of an image counted once)")
     p.add_argument("--write", action="store_true",
                    help="store the new size model in the model file if it is better")
     args = p.parse_args(argv)
@@ -141,12 +158,16 @@ def main(argv=None) -> int:
     import flowseg
     from flowseg.engine.inference.size_fit import fit_ridge
 
+    if args.model not in RECIPES:
+        p.error(f"unknown recipe {args.model!r}; choose one of {', '.join(sorted(RECIPES))}")
     torch.set_num_threads(args.threads)
     path = Path(args.model_file or ROOT / "src" / "flowseg" / "models" / f"{args.model}.pt")
     model = flowseg.Model.load(path)
     chans = RECIPES[args.model]["channels"]
-    key = f"{args.model}_{weights_key(path)}"
+    key = f"{args.model}_{weights_key(path)}" + (f"_n{args.max_images}" if args.max_images else "")
     data = load_training_set(args.model, Path(args.data))
+    if args.max_images:  # (the bundled models' refits used every repeat: kept reproducible)
+        data = distinct_training_images(data, args.max_images)
     t0 = time.time()
     rows = eval_styles(model, args.model, data, chans, key)
     old_sm = model.meta["size_model"]

@@ -333,3 +333,15 @@ def test_write_card_renders_every_stage_of_the_bundled_recipe(tmp_path, monkeypa
         assert "averaged in weight space" in text
     assert "**0.900** / 0.800" in text and "stained 0.800 (11 images)" in text
     assert "Hardware: " in text and "`recipes/splits/dsb2018_val.txt`" in text
+
+
+def test_refit_size_distinct_training_images_drops_repeats_and_thins_evenly():
+    refit = pytest.importorskip("refit_size")
+    names = ["a", "b", "a", "c", "b", "d", "e"]
+    data = {"train_names": names, "train_images": list(range(7)), "train_labels": list(range(7)),
+            "val_names": ["v"]}
+    one = refit.distinct_training_images(data)
+    assert one["train_names"] == ["a", "b", "c", "d", "e"] and one["train_images"] == [0, 1, 3, 5, 6]
+    assert one["val_names"] == ["v"]
+    few = refit.distinct_training_images(data, 3)
+    assert few["train_names"] == ["a", "c", "e"] and few["train_labels"] == [0, 3, 6]
