@@ -341,7 +341,8 @@ def test_refit_size_distinct_training_images_drops_repeats_and_thins_evenly():
     data = {"train_names": names, "train_images": list(range(7)), "train_labels": list(range(7)),
             "val_names": ["v"]}
     one = refit.distinct_training_images(data)
-    assert one["train_names"] == ["a", "b", "c", "d", "e"] and one["train_images"] == [0, 1, 3, 5, 6]
+    assert one["train_names"] == ["a", "b", "c", "d", "e"]
+    assert one["train_images"] == [0, 1, 3, 5, 6]
     assert one["val_names"] == ["v"]
     few = refit.distinct_training_images(data, 3)
     assert few["train_names"] == ["a", "c", "e"] and few["train_labels"] == [0, 3, 6]
