@@ -17,9 +17,11 @@ A crop ``(C, H, W)`` (channel 0 cytoplasm, channel 1 nucleus or zeros), already 
    optionally saturated, with a few very bright pixels (hot pixels, debris);
 8. **channels**: the nuclear channel dropped (zeros, as when a user has none) or the two
    channels swapped;
-9. **re-normalisation** of each channel by its 1st-99th percentiles, as
-   :func:`flowseg.engine.inference.transforms.normalize_percentile` does at inference (a
-   channel of range below 1e-3 becomes zeros).
+9. **re-normalisation**: each changed channel's 1st-99th percentiles mapped back onto the
+   crop's own before the chain.  The crops come from images normalised as
+   :func:`flowseg.engine.inference.transforms.normalize_percentile` normalises a whole image
+   at inference, so a crop of background keeps its small range instead of being blown up to
+   a full one (which gave values of 10^4 that poisoned BatchNorm's running statistics).
 
 Only the image is changed: flows and foreground (the targets) never are, so every step must
 keep the cells where they are (no geometric change).  :meth:`IntensityAug.none` changes
@@ -222,15 +224,35 @@ def _lowres(ch: np.ndarray, factor: float) -> np.ndarray:
     return rows[:, b0] * (1 - tb) + rows[:, b1] * tb
 
 
-def _renormalise(x: np.ndarray) -> None:
-    """1st-99th percentile normalisation per channel (percentiles from every 3rd pixel)."""
-    for c in range(x.shape[0]):
-        lo, hi = np.percentile(x[c].reshape(-1)[::3], (1.0, 99.0))
-        if hi - lo > 1e-3:
-            x[c] -= np.float32(lo)
-            x[c] *= np.float32(1.0 / (hi - lo))
-        else:
-            x[c] = 0.0
+#: the renormalisation divides by at least this fraction of the crop's whole span (so a nearly
+#: flat crop with a few bright pixels cannot be amplified without bound)
+MIN_RANGE_OF_SPAN = 0.01
+
+
+def _percentile_range(ch: np.ndarray) -> tuple[float, float]:
+    """1st and 99th percentiles of a channel (from every 3rd pixel)."""
+    lo, hi = np.percentile(ch.reshape(-1)[::3], (1.0, 99.0))
+    return float(lo), float(hi)
+
+
+def _renormalise(ch: np.ndarray, before: tuple[float, float]) -> None:
+    """Map a changed channel's 1st-99th percentiles back onto those it had ``before``.
+
+    The crops are cut from images normalised as inference normalises a whole image, so a crop
+    of background spans a small range; giving every changed crop its *own* 1st-99th range
+    would blow a nearly flat crop up (values of 10^4 after a division by a tiny range, which
+    poison BatchNorm's running statistics).  The range is also kept at least
+    :data:`MIN_RANGE_OF_SPAN` of the channel's span.
+    """
+    lo, hi = _percentile_range(ch)
+    span = float(ch.max() - ch.min())
+    den = max(hi - lo, MIN_RANGE_OF_SPAN * span)
+    if den <= 1e-6:
+        ch[...] = np.float32(before[0])
+        return
+    ch -= np.float32(lo)
+    ch *= np.float32((before[1] - before[0]) / den)
+    ch += np.float32(before[0])
 
 
 def augment_intensity(x: np.ndarray, rng: np.random.Generator, aug: IntensityAug | None
@@ -261,6 +283,7 @@ def augment_intensity(x: np.ndarray, rng: np.random.Generator, aug: IntensityAug
     if x.ndim != 3 or x.dtype != np.float32:
         raise ValueError(f"expected a (C, H, W) float32 crop, got {x.dtype} of shape {x.shape}")
     nchan, h, w = x.shape
+    before = [_percentile_range(x[c]) for c in range(nchan)]
     # every decision is drawn up front, in a fixed order, so the stream does not depend on
     # the pixel values
     u = rng.random(len(_PROBS))
@@ -313,7 +336,7 @@ def augment_intensity(x: np.ndarray, rng: np.random.Generator, aug: IntensityAug
                 ch.reshape(-1)[where] = np.float32(_loguniform(rng, aug.hot_value))
     for c in range(nchan):  # channels left as they were keep their exact values
         if changed[c]:
-            _renormalise(x[c:c + 1])
+            _renormalise(x[c], before[c])
     if has_nuc and take["p_drop_nuclear"]:
         x[1] = 0.0
     elif has_nuc and take["p_swap"]:
