@@ -283,21 +283,21 @@ def augment_intensity(x: np.ndarray, rng: np.random.Generator, aug: IntensityAug
     if x.ndim != 3 or x.dtype != np.float32:
         raise ValueError(f"expected a (C, H, W) float32 crop, got {x.dtype} of shape {x.shape}")
     nchan, h, w = x.shape
-    before = [_percentile_range(x[c]) for c in range(nchan)]
     # every decision is drawn up front, in a fixed order, so the stream does not depend on
     # the pixel values
     u = rng.random(len(_PROBS))
     take = {name: bool(u[k] < getattr(aug, name)) for k, name in enumerate(_PROBS)}
-    changed = [False] * nchan
-    if take["p_invert"]:
-        x[0] = 1.0 - x[0]
-        changed[0] = True
     has_nuc = nchan > 1 and bool(np.any(x[1] != 0))
     per_channel = any(take[name] for name in _PER_CHANNEL)
+    changed = [per_channel and (c != 1 or has_nuc) or (c == 0 and take["p_invert"])
+               for c in range(nchan)]
+    # the range each changed channel is mapped back onto (only those: a hot path)
+    before = {c: _percentile_range(x[c]) for c in range(nchan) if changed[c]}
+    if take["p_invert"]:
+        x[0] = 1.0 - x[0]
     for c in range(nchan):
         if not per_channel or (c == 1 and not has_nuc):
             continue
-        changed[c] = True
         ch = x[c]
         if take["p_gamma"]:
             np.clip(ch, 0.0, 1e3, out=ch)
