@@ -109,7 +109,8 @@ def main(argv=None) -> int:
           file=log)
 
     t0 = time.time()
-    data = load_training_set(args.model, Path(args.data), oversample=cfg.get("oversample", 1))
+    data = load_training_set(args.model, Path(args.data), oversample=cfg.get("oversample", 1),
+                             cfg=cfg)
     print(f"{args.model}: {len(data['train_images'])} training images, "
           f"{len(data['val_images'])} validation images ({time.time() - t0:.0f} s to read)",
           file=log)

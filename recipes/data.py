@@ -85,6 +85,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "seed": 92, "checkpoint_every": 2.0, "oversample": 1, "cells_repeat": 8,
         "half": True, "workers": 0, "intensity": "default", "scale_range": (0.5, 2.0),
         "stain_jitter": 0.3, "synthetic": 240,
+        # Session 16, stage 2 (~50 min on the CPU): the stage-1 model trained on at a lower
+        # rate with Usiigaci drawn more often (12x) and new synthetic cells whose sizes reach
+        # 150 px at render time (stage 1's reached 70 px: its DIC cells rendered at 100-130
+        # px merged at their true diameter and split only when shown 0.6x as large)
+        "stages": [{"recipe": "from_scratch", "learning_rate": 0.02, "warmup": 2,
+                    "epochs": 40, "n_per_epoch": 256, "val_every": 8, "seed": 93,
+                    "cells_repeat": 12, "syn_cell_diameter": (12.0, 150.0)}],
     },
 }
 
@@ -212,7 +219,8 @@ def oversample_rare(d: dict[str, list], times: int) -> dict[str, list]:
     return out
 
 
-def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, list]:
+def load_training_set(model: str, data: Path, oversample: int = 1,
+                      cfg: dict[str, Any] | None = None) -> dict[str, list]:
     """Training and validation lists for a bundled model.
 
     ``nuclei``: DSB 2018 nuclei (gray); ``oversample`` > 1 repeats the stained and
@@ -220,9 +228,11 @@ def load_training_set(model: str, data: Path, oversample: int = 1) -> dict[str, 
     phase-contrast cells (repeated 4x so that they make up about half of the draws), a
     quarter of the DSB nuclei images and 40 synthetic cytoplasm + nucleus images, all as
     2-channel (cytoplasm, nucleus or zeros); validated on the held-out Usiigaci images.
+    Generalists read their data settings from ``cfg`` (a stage's settings, default the
+    recipe's own).
     """
     if model.endswith("_generalist"):
-        return load_generalist(model, data)
+        return load_generalist(model, data, cfg=cfg)
     if model == "nuclei":
         return oversample_rare(load_source("dsb2018", data), oversample)
     if model != "cyto":
@@ -258,13 +268,20 @@ SYNTHETIC_LOOKS = {
 }
 
 
+#: default diameter range (px, drawn log-uniformly) of the synthetic whole cells
+CELL_DIAMETER = (12.0, 70.0)
+
+
 def _synthetic_one(args: tuple) -> tuple[np.ndarray, np.ndarray, str]:
-    look, seed, two_channel, stain_jitter = args
+    look, seed, two_channel, stain_jitter, (c_lo, c_hi) = args
     rng = np.random.default_rng(seed)
     nuclear = look in ("nuclei", "stained")
-    d = float(np.exp(rng.uniform(np.log(8.0 if nuclear else 12.0),
-                                 np.log(30.0 if nuclear else 70.0))))
-    side = int(np.clip(9 * d, 192, 448))
+    d = float(np.exp(rng.uniform(np.log(8.0 if nuclear else c_lo),
+                                 np.log(30.0 if nuclear else c_hi))))
+    # images hold ~9 objects across; cells larger than 70 px (rendered at the pixel size a
+    # user's camera gives them: noise, blur and the rendering's edges are in pixels, so a
+    # large cell shrunk to the model's size looks unlike a small one) get up to 1152 px
+    side = int(np.clip(9 * d, 192, 448)) if d <= 70 else int(min(8 * d, 1152))
     elong = float(rng.choice([1.0, 1.0, 1.5, 2.5, 3.5])) if not nuclear else 1.0
     noise, blur = float(rng.uniform(0.3, 2.0)), float(rng.uniform(0.5, 1.8))
     if look in ("cells", "phase", "nuclei"):
@@ -283,10 +300,11 @@ def _synthetic_one(args: tuple) -> tuple[np.ndarray, np.ndarray, str]:
     return img.astype(np.float32), s.labels, look
 
 
-def synthetic_generalist(model: str, n: int, seed: int, stain_jitter: float = 0.3
+def synthetic_generalist(model: str, n: int, seed: int, stain_jitter: float = 0.3,
+                         cell_diameter: tuple[float, float] = CELL_DIAMETER
                          ) -> tuple[list, list, list]:
     """``n`` synthetic images of the model's looks (in turn), varied diameters (8-30 px
-    nuclei, 12-70 px cells), elongation and noise; made in parallel processes.
+    nuclei, ``cell_diameter`` px cells), elongation and noise; made in parallel processes.
 
     Returns images (2-channel for ``cyto_generalist``, gray for ``nuclei_generalist``),
     labels and looks.
@@ -294,7 +312,8 @@ def synthetic_generalist(model: str, n: int, seed: int, stain_jitter: float = 0.
     from concurrent.futures import ProcessPoolExecutor
 
     looks = SYNTHETIC_LOOKS["cyto_generalist" if model.startswith("cyto") else "nuclei_generalist"]
-    jobs = [(looks[k % len(looks)], seed + k, model.startswith("cyto"), stain_jitter)
+    cd = (float(cell_diameter[0]), float(cell_diameter[1]))
+    jobs = [(looks[k % len(looks)], seed + k, model.startswith("cyto"), stain_jitter, cd)
             for k in range(n)]
     if n >= 8:
         with ProcessPoolExecutor() as ex:
@@ -315,7 +334,8 @@ def fine_kind(source: str, kind: str, labels: np.ndarray) -> str:
     return f"{source}/{kind}"
 
 
-def load_generalist(model: str, data: Path, synthetic: int | None = None) -> dict[str, list]:
+def load_generalist(model: str, data: Path, synthetic: int | None = None,
+                    cfg: dict[str, Any] | None = None) -> dict[str, list]:
     """Training and validation lists of a generalist recipe (``*_generalist``).
 
     ``nuclei_generalist``: all DSB training images (brightfield, stained and small-object
@@ -323,8 +343,10 @@ def load_generalist(model: str, data: Path, synthetic: int | None = None) -> dic
     + synthetic nuclei looks; validated on the DSB split.  ``cyto_generalist``: the same DSB
     images and Usiigaci cells (4x), 2-channel (gray, zeros), + synthetic cells of six looks;
     validated on the Usiigaci split.  Every list has ``*_kinds`` (:func:`fine_kind`).
+    ``cfg`` (default the recipe's settings) may be a later stage's: its ``oversample``,
+    ``cells_repeat``, ``synthetic``, ``syn_cell_diameter`` and ``stain_jitter`` apply.
     """
-    cfg = RECIPES[model]
+    cfg = RECIPES[model] if cfg is None else cfg
     times = int(cfg.get("oversample", 1))
     jitter = float(cfg.get("stain_jitter", 0.0))
     nuc = load_source("dsb2018", data, stain_jitter=jitter, copies=times, seed=cfg["seed"])
@@ -361,8 +383,9 @@ def load_generalist(model: str, data: Path, synthetic: int | None = None) -> dic
             add("val", img, lab, name, fine_kind("dsb2018", kind, lab))
     n_syn = int(cfg.get("synthetic", 0) if synthetic is None else synthetic)
     if n_syn:
-        simg, slab, slook = synthetic_generalist(model, n_syn, seed=1000 * cfg["seed"],
-                                                 stain_jitter=jitter)
+        simg, slab, slook = synthetic_generalist(
+            model, n_syn, seed=1000 * cfg["seed"], stain_jitter=jitter,
+            cell_diameter=tuple(cfg.get("syn_cell_diameter", CELL_DIAMETER)))
         for k, (img, lab, look) in enumerate(zip(simg, slab, slook)):
             add("train", img, lab, f"synthetic/{look}_{k}", f"synthetic/{look}")
     return out

@@ -346,3 +346,19 @@ def test_refit_size_distinct_training_images_drops_repeats_and_thins_evenly():
     assert one["val_names"] == ["v"]
     few = refit.distinct_training_images(data, 3)
     assert few["train_names"] == ["a", "c", "e"] and few["train_labels"] == [0, 3, 6]
+
+
+def test_synthetic_cells_render_at_the_asked_size_and_stages_set_the_data():
+    import data
+
+    from flowseg.engine.training.prep import median_diameter
+
+    img, lab, look = data._synthetic_one(("cells", 3, True, 0.0, (100.0, 101.0)))
+    assert look == "cells" and img.shape[-1] == 2 and img.shape[0] >= 800
+    assert 60 < median_diameter(lab) < 160  # big cells drawn at their size, not at <= 70 px
+    small, _, _ = data._synthetic_one(("cells", 3, True, 0.0, data.CELL_DIAMETER))
+    assert small.shape[0] <= 448
+    # a later stage's data settings are its own (the recipe's stage 2 draws larger cells)
+    st = data.stage_configs("cyto_cpu_generalist")
+    assert tuple(st[-1]["syn_cell_diameter"])[1] > data.CELL_DIAMETER[1]
+    assert "syn_cell_diameter" not in st[0]
