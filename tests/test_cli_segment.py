@@ -63,7 +63,7 @@ def test_segment_auto_chooses_per_image(tmp_path, monkeypatch, capsys):
     from flowseg.engine.inference import zoo
     from flowseg.engine.io import registry
 
-    bundled = tmp_path / "bundled"  # a tiny style reference instead of the bundled models
+    bundled = tmp_path / "bundled"  # tiny bundled models without centroids: no candidates
     bundled.mkdir()
     Model.new(width=4, seed=0).save(bundled / "nuclei.pt")
     Model.new(width=3, seed=1).save(bundled / "cyto.pt")

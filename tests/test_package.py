@@ -108,8 +108,10 @@ def test_wheel_ships_manifest_and_entry_point(tmp_path):
         eps = z.read(ep).decode()
     assert "[napari.manifest]" in eps and "flowseg:napari.yaml" in eps
     assert "flowseg = flowseg.cli:main" in eps
-    for model in (ROOT / "src" / "flowseg" / "models").glob("*.pt"):
-        assert f"flowseg/models/{model.name}" in names
+    models = ROOT / "src" / "flowseg" / "models"
+    assert list(models.glob("reference/*.pt"))  # the zoo's frozen style reference
+    for model in models.rglob("*.pt"):
+        assert f"flowseg/models/{model.relative_to(models).as_posix()}" in names
 
 
 def test_public_api_exports_progress_protocol_and_samples():

@@ -16,4 +16,5 @@ checks      input validation shared by segment, estimate, train and the CLI
 result      :class:`Segmentation`, re-thresholdable without the network
 transforms  axis and channel selection, percentile normalisation, resizing
 zoo         choosing, per image, the model whose training images look most alike
+reference   the zoo's frozen style reference (encoders of the bundled networks)
 """

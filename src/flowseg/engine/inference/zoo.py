@@ -19,8 +19,8 @@ of training, or by :func:`write_style` into an existing file without touching it
 
     meta["style"] = {
         "version": 1,
-        "reference": ["nuclei", "cyto"],  # bundled reference network(s)
-        "fingerprint": ["3f2a...", ...],  # sha256 (16 hex) of each reference's weights
+        "reference": ["nuclei", "cyto"],  # frozen reference network(s)
+        "fingerprint": ["3f2a...", ...],  # sha256 (16 hex): full network each was frozen from
         "size": 256,                      # longest side of the style pass
         "centroid": [...],                # mean style of the training images (not unit length)
         "n": 544,                         # training images it averages
@@ -30,6 +30,19 @@ of training, or by :func:`write_style` into an existing file without touching it
 A centroid is only compared with styles computed by the same reference weights and size;
 a model whose fingerprint does not match the installed reference is left out (with a
 warning), never compared in a different space.
+
+**The reference is frozen** (:mod:`flowseg.engine.inference.reference`).  The reference
+networks are not the bundled models ``flowseg/models/nuclei.pt`` and ``cyto.pt`` themselves
+but frozen copies of their encoders (the ``downsample`` part, all a style needs) as they were
+when the zoo was introduced, ``flowseg/models/reference/<name>.pt``, written once by
+``recipes/freeze_reference.py``.  Each tensor is stored in the dtype of the bundled file it
+came from (``nuclei`` float16, ``cyto`` float32), so the styles are bitwise those of the full
+networks, and each file records the fingerprint of the *full* network it was cut from -- the
+value every centroid already stored names.  Retraining and replacing a bundled model
+therefore changes neither the style space nor the fingerprints: the centroids stored in
+users' models (and in the bundled files) stay comparable.  Were the reference read from the
+bundled files, replacing one would leave every stored centroid out of the choice.  A missing
+or damaged reference file raises :class:`~flowseg.engine.inference.reference.StyleReferenceError`.
 """
 
 from __future__ import annotations
@@ -49,61 +62,26 @@ from ..io import registry
 from ..io.modelfile import FORMAT, _json_check, atomic_torch_save, load_model_file
 from ..network.tiling import pad_channels_first
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
-from .base import ModelBase, resolve_device
+from .base import ModelBase
 from .prepare import prepare_input
+from .reference import (
+    DEFAULT_REFERENCE,
+    StyleReference,
+    StyleReferenceError,
+    reference_models,
+    weights_fingerprint,
+)
 from .style import encoder_styles
 from .transforms import normalize_percentile
 
-__all__ = ["DEFAULT_REFERENCE", "DEFAULT_SIZE", "STYLE_VERSION", "choose_model",
-           "image_style", "model_style", "reference_models", "training_style",
-           "weights_fingerprint", "write_style", "zoo_centroids"]
+__all__ = ["DEFAULT_REFERENCE", "DEFAULT_SIZE", "STYLE_VERSION", "StyleReference",
+           "StyleReferenceError", "choose_model", "image_style", "model_style",
+           "reference_models", "training_style", "weights_fingerprint", "write_style",
+           "zoo_centroids"]
 
-#: the bundled networks whose (concatenated) style space every model is compared in; chosen
-#: by measurement (``recipes/zoo_centroids.py --compare``): on the held-out images both
-#: networks together separate DSB fluorescence nuclei from Usiigaci phase-contrast cells
-#: best (47/47, 6/6 at size 256; ``nuclei`` alone 44/47, ``cyto`` 46/47; size 512: 4x the cost)
-DEFAULT_REFERENCE: tuple[str, ...] = ("nuclei", "cyto")
 #: longest image side of the style pass
 DEFAULT_SIZE = 256
 STYLE_VERSION = 1
-
-
-def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 (first 16 hex digits) of a network's weights as float32, in key order."""
-    h = hashlib.sha256()
-    for k in sorted(state_dict):
-        v = state_dict[k].detach().to("cpu")
-        if v.is_floating_point():
-            v = v.float()
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(v.numpy()).tobytes())
-    return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=4)
-def _load_reference(path: str, mtime_ns: int, device: str) -> tuple[Any, str]:
-    m = ModelBase.load(path, device=device)
-    return m, weights_fingerprint(m.net.state_dict())
-
-
-def reference_models(reference: Sequence[str] = DEFAULT_REFERENCE, device: Any = None
-                     ) -> list[tuple[str, ModelBase, str]]:
-    """The reference networks ``[(name, model, fingerprint), ...]`` (bundled models, cached).
-
-    Raises
-    ------
-    ValueError
-        If a reference is not a bundled model.
-    """
-    dev = str(resolve_device(device))
-    out = []
-    for name in reference:
-        path = registry.bundled_model_dir() / f"{name}.pt"
-        if not path.is_file():
-            raise ValueError(f"style reference {name!r} is not a bundled model ({path} missing)")
-        model, fp = _load_reference(str(path), path.stat().st_mtime_ns, dev)
-        out.append((name, model, fp))
-    return out
 
 
 def _shrink(x: np.ndarray, size: int | None) -> np.ndarray:
@@ -126,6 +104,18 @@ def _encoder_style(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return encoder_styles(net, pad_channels_first(x)[0][None])[0]
 
 
+def _reference_style(model: StyleReference | ModelBase, image: np.ndarray, *, channels=None,
+                     channel_axis=None, z_axis=None, size: int | None = DEFAULT_SIZE
+                     ) -> np.ndarray:
+    """The unit-length style of ``image`` by one reference network (float32)."""
+    x, sdim = prepare_input(model, image, channels=channels,  # type: ignore[arg-type]
+                            channel_axis=channel_axis, z_axis=z_axis, normalize=False)
+    if sdim == 3:
+        x = x[x.shape[0] // 2]
+    x = _shrink(normalize_percentile(x, *model.normalize, channel_axis=-1), size)
+    return _encoder_style(model.net, x)
+
+
 def image_style(image: np.ndarray, *, channels=None, channel_axis=None, z_axis=None,
                 size: int | None = DEFAULT_SIZE, reference: Sequence[str] = DEFAULT_REFERENCE,
                 device: Any = None, cancel: CancelToken = None) -> np.ndarray:
@@ -141,18 +131,14 @@ def image_style(image: np.ndarray, *, channels=None, channel_axis=None, z_axis=N
     size : int or None
         Longest side of the style pass (None: full resolution).
     reference : sequence of str
-        Bundled model(s) whose style vectors are used.
+        Frozen reference network(s) whose style vectors are used (:func:`reference_models`).
     """
     parts = []
     refs = reference_models(reference, device)
     for _, model, _ in refs:
         check_cancel(cancel)
-        x, sdim = prepare_input(model, image, channels=channels, channel_axis=channel_axis,
-                                z_axis=z_axis, normalize=False)
-        if sdim == 3:
-            x = x[x.shape[0] // 2]
-        x = _shrink(normalize_percentile(x, *model.normalize, channel_axis=-1), size)
-        st = _encoder_style(model.net, x)
+        st = _reference_style(model, image, channels=channels, channel_axis=channel_axis,
+                              z_axis=z_axis, size=size)
         parts.append(st.astype(np.float64) / np.sqrt(len(refs)))
     return np.concatenate(parts)
 
