@@ -16,6 +16,9 @@ import pytest
 
 os.environ.setdefault("NUMBA_CACHE_DIR",
                       os.path.join(os.path.expanduser("~"), ".cache", "flowseg-numba"))
+# training tests do not depend on the CPU: fp32 unless asked (FLOWSEG_PRECISION=auto or bf16
+# runs them as a user's machine would; tests/test_precision.py sets it itself)
+os.environ.setdefault("FLOWSEG_PRECISION", "fp32")
 
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("napari") is None or importlib.util.find_spec("qtpy") is None:

@@ -39,11 +39,15 @@ def test_train_then_eval(folder, tmp_path, capsys):
     rec = Model.load(out).meta["training"]
     assert rec["epochs_done"] == 2 and rec["config"]["recipe"] == "from_scratch"
     assert len(rec["images"]) == 2 and rec["val_epoch"] == [1, 2]
-    # resuming a finished run with more epochs continues from the checkpoint
-    rc = main(["train", "--dir", str(folder), "--width", "8", "--crop", "64", "--epochs", "3",
-               "--val-fraction", "0.34", "--out", str(out), "--overwrite", "--seed", "1",
-               "--resume", str(tmp_path / "m.pt.ckpt")])
-    assert rc == 0 and Model.load(out).meta["training"]["epochs_done"] == 3
+    assert rec["config"]["precision"] == "fp32"  # the suite's FLOWSEG_PRECISION (conftest)
+    # resuming a finished run with more epochs continues from the checkpoint (here in bf16)
+    with pytest.warns(UserWarning, match="resuming with precision='bf16'"):
+        rc = main(["train", "--dir", str(folder), "--width", "8", "--crop", "64", "--epochs",
+                   "3", "--val-fraction", "0.34", "--out", str(out), "--overwrite", "--seed",
+                   "1", "--resume", str(tmp_path / "m.pt.ckpt"), "--precision", "bf16"])
+    rec = Model.load(out).meta["training"]
+    assert rc == 0 and rec["epochs_done"] == 3 and rec["config"]["precision"] == "bf16"
+    assert "crops/s, bf16)" in capsys.readouterr().err
     capsys.readouterr()
     rc = main(["eval", "--dir", str(folder), "--model", str(out), "--csv",
                str(tmp_path / "ap.csv"), "--true-diameter"])

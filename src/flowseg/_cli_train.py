@@ -59,6 +59,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: the network's forward in bfloat16 autocast (CPU only); auto "
+                   "(default): bf16 on a CPU with native bf16 (avx512_bf16 / amx_bf16), else "
+                   "fp32; the environment variable FLOWSEG_PRECISION=fp32|bf16 replaces auto")
     p.add_argument("--out", help="model file to write (default DIR/models/flowseg_<recipe>_"
                    "<time>.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -169,13 +173,13 @@ def run_train(args: argparse.Namespace) -> int:
                     diam_mean=args.diam_mean, save_path=out, overwrite=args.overwrite,
                     checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, progress=prog, cancel=stop, seed=args.seed,
-                    threads=args.threads)
+                    threads=args.threads, precision=args.precision)
     finally:
         signal.signal(signal.SIGINT, old)
         prog.close()
     h = res.history
     msg = (f"{'stopped' if res.cancelled else 'finished'} after {len(h['epoch'])} epoch(s) in "
-           f"{res.seconds:.0f} s ({res.crops_per_second:.2f} crops/s); final loss "
+           f"{res.seconds:.0f} s ({res.crops_per_second:.2f} crops/s, {res.precision}); final loss "
            f"{h['loss'][-1]:.4f}" if h["loss"] else "stopped before the first epoch")
     print(msg, file=sys.stderr)
     if res.note:

@@ -10,6 +10,7 @@ batches      augmented batches (in process or in worker processes); ``augment``:
 schedule     recipes, learning-rate schedules, optimizers, the loss
 budget       time budgets and per-step learning rates of fine-tuning
 loop         the epoch / batch loop
+precision    fp32 or bf16 autocast of the forward (CPU), ``FLOWSEG_PRECISION``
 checkpoint   resumable checkpoints
 validate     validation loss and AP during training
 quickcheck   the check that keeps a fine-tune from returning a worse model

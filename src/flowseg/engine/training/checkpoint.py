@@ -11,6 +11,7 @@ plain ``torch.save`` file of tensors, numbers, strings, lists and dicts, so it l
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +20,8 @@ import torch
 
 from ..io.modelfile import atomic_torch_save
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "resume_checks", "rng_state", "save_checkpoint",
+           "set_rng_state"]
 
 CHECKPOINT_FORMAT = "flowseg-train-checkpoint"
 
@@ -94,3 +96,49 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a flowseg training checkpoint")
     return ck
+
+
+def resume_checks(ck: dict, net, cfg: dict, crop: int, workers: int, resume,
+                  precision: str = "fp32") -> None:
+    """Check a checkpoint against the run that resumes it and load its weights into ``net``.
+
+    Parameters
+    ----------
+    ck : dict
+        The checkpoint (:func:`load_checkpoint`).
+    net : torch.nn.Module
+        The network to continue training (its widths must match).
+    cfg : dict
+        The resuming run's resolved settings.
+    crop, workers : int
+        Its crop side and batch workers.
+    resume : path-like
+        The checkpoint's file, for messages.
+    precision : {"fp32", "bf16"}
+        The resuming run's precision (checkpoints written before the setting were fp32).
+
+    Raises
+    ------
+    ValueError
+        A network of other widths, or a checkpoint of a run under a time budget.  Other
+        differences (schedule, crop, workers, precision) only warn.
+    """
+    if list(ck["meta"].get("nbase", net.nbase)) != list(net.nbase):
+        raise ValueError(f"checkpoint {resume} is for a network of widths "
+                         f"{ck['meta'].get('nbase')}, not {net.nbase}")
+    old = ck["config"]
+    if old.get("time_budget") is not None and old.get("epochs") is None:
+        raise ValueError(f"checkpoint {resume} is of a run under a time budget; it cannot be "
+                         "resumed (fine-tune its saved model again instead)")
+    net.load_state_dict(ck["net"])
+    for k in ("epochs", "learning_rate", "optimizer", "batch_size", "crop"):
+        if k in old and old[k] != {**cfg, "crop": crop}[k]:
+            warnings.warn(f"resuming with {k}={({**cfg, 'crop': crop})[k]!r}, the "
+                          f"checkpoint used {old[k]!r}", stacklevel=3)
+    if bool(old.get("batch_seeds", False)) != (workers > 0):
+        warnings.warn(f"resuming with workers={workers}: the checkpoint's batches were made "
+                      f"with workers {'>= 1' if old.get('batch_seeds') else '= 0'}, so the "
+                      "crops will differ from an uninterrupted run", stacklevel=3)
+    if str(old.get("precision", "fp32")) != precision:
+        warnings.warn(f"resuming with precision={precision!r}, the checkpoint's epochs were "
+                      f"trained in {old.get('precision', 'fp32')!r}", stacklevel=3)

@@ -24,6 +24,7 @@ from ..progress import Cancelled, check_cancel, report
 from .batches import BatchMaker
 from .budget import TimeBudget, step_lr
 from .checkpoint import rng_state
+from .precision import forward_autocast
 from .schedule import flow_loss
 from .start import epoch_indices
 
@@ -39,7 +40,9 @@ class TrainLoop:
     net, opt
         Network (trained in place) and optimizer.
     cfg : dict
-        Resolved settings (``batch_size``, ``learning_rate``, ``warmup`` ...).
+        Resolved settings (``batch_size``, ``learning_rate``, ``warmup``, ``precision`` --
+        ``"bf16"``: the forward under bf16 autocast, :mod:`flowseg.engine.training.precision`
+        ...).
     maker : BatchMaker
         Crops of the cached samples.
     n_samples, n_per_epoch : int
@@ -183,6 +186,7 @@ class TrainLoop:
     def run(self, start_epoch: int, mf: torch.memory_format, device: torch.device) -> None:
         """Train from ``start_epoch`` until done, out of time or cancelled."""
         bs = self.cfg["batch_size"]
+        precision = str(self.cfg.get("precision", "fp32"))
         nb = self.batches_per_epoch
         self.epoch = start_epoch
         self.step = start_epoch * nb
@@ -208,8 +212,10 @@ class TrainLoop:
                     lr = self.lr()
                     for g in self.opt.param_groups:
                         g["lr"] = lr
-                    out = self.net(torch.from_numpy(x).to(device).contiguous(memory_format=mf))[0]
-                    loss = flow_loss(out, torch.from_numpy(y).to(device))
+                    with forward_autocast(precision, device):  # bf16: the forward only
+                        out = self.net(torch.from_numpy(x).to(device)
+                                       .contiguous(memory_format=mf))[0]
+                    loss = flow_loss(out.float(), torch.from_numpy(y).to(device))
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     self.opt.step()
@@ -236,7 +242,7 @@ class TrainLoop:
                 self.epoch_open = False
                 info: dict = {"loss": loss_sum / seen, "lr": self.hist["lr"][-1],
                               "elapsed": round(self.budget.elapsed(), 2),
-                              "budget": self.budget.seconds}
+                              "budget": self.budget.seconds, "precision": precision}
                 if self._due(self.epoch):
                     self.score(self.epoch)
                     self.net.to(memory_format=mf)

@@ -47,6 +47,8 @@ class TrainResult:
         Wall-clock training time, including the earlier runs of a resumed training.
     crops_per_second : float
         Training throughput of this call's epochs.
+    precision : {"fp32", "bf16"}
+        The precision this call trained in (:mod:`flowseg.engine.training.precision`).
     """
 
     model: Any
@@ -59,6 +61,7 @@ class TrainResult:
     crops_per_second: float = 0.0
     improved: bool = True
     note: str = ""
+    precision: str = "fp32"
     extra: dict = field(default_factory=dict)
 
     def __iter__(self):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +35,12 @@ from ..inference.model import Model
 from ..io.registry import default_checkpoint_path
 from .batches import BatchMaker
 from .budget import TimeBudget
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, resume_checks, rng_state, save_checkpoint, set_rng_state
 from .finetune import make_scorer, outcome, reserve_time
 from .finish import finish_model, images_style, size_views
 from .intensity import IntensityAug
 from .loop import TrainLoop
+from .precision import resolve_precision
 from .prep import check_pairs, prepare_samples, split_binary_masks
 from .quickcheck import MIN_GAIN
 from .schedule import RECIPES, lr_schedule, make_optimizer, resolve_recipe
@@ -88,6 +88,7 @@ def train(
     workers: int = 0,
     intensity: IntensityAug | dict | bool | str | None = None,
     scale_range: Sequence[float] | None = None,
+    precision: str = "auto",
 ) -> TrainResult:
     """Train a model from scratch or fine-tune one on image / label pairs.
 
@@ -159,10 +160,11 @@ def train(
         batches, ``total`` is an estimate under a time budget; ``info`` has ``epoch``,
         ``loss``, ``lr``, ``elapsed`` -- seconds since the call began -- and ``budget`` --
         seconds or None), ``"epoch"`` (``info``: ``loss``, ``lr``, ``elapsed``, ``budget``,
-        and ``val_loss`` / ``val_ap`` when scored), ``"validate"`` (validation images),
-        ``"size"`` (the size model).  On cancel, training stops after the current batch
-        and the best *scored* weights are returned and saved: for a fine-tune the start
-        model's unless a trained state checked better; never an unscored state.
+        ``precision``, and ``val_loss`` / ``val_ap`` when scored), ``"validate"``
+        (validation images), ``"size"`` (the size model).  On cancel, training stops after
+        the current batch and the best *scored* weights are returned and saved: for a
+        fine-tune the start model's unless a trained state checked better; never an
+        unscored state.
     seed : int, optional
         Makes crops and their order reproducible.
     threads : int, optional
@@ -178,6 +180,13 @@ def train(
         settings).  None (the default): none, as before; the training record keeps it.
     scale_range : (float, float), optional
         Random zoom of each crop around its image's base scale (default 0.75-1.25).
+    precision : {"auto", "fp32", "bf16"}
+        ``"bf16"``: the network's forward of each training batch under bfloat16 autocast
+        (CPU only; weights, optimizer, loss, scoring and the saved model stay float32).
+        ``"auto"``: bf16 on a CPU with native bf16 (``avx512_bf16`` / ``amx_bf16``), else
+        fp32 (always on CUDA / MPS); the environment variable ``FLOWSEG_PRECISION`` replaces
+        ``"auto"``.  Recorded as ``config["precision"]`` of the training record
+        (:mod:`flowseg.engine.training.precision`).
 
     Returns
     -------
@@ -225,6 +234,7 @@ def train(
     else:
         model = resolve_model(model, width, diam_mean, seed)
     net = model.net
+    prec = resolve_precision(precision, next(net.parameters()).device)
     check_pairs(images, labels)
     labels = split_binary_masks(labels)
     if val_labels is not None:
@@ -239,7 +249,7 @@ def train(
                               normalize=model.normalize, min_masks=min_masks,
                               what="validation", cancel=cancel)
     if ck is not None:
-        _resume_checks(ck, net, cfg, crop, int(workers), resume)
+        resume_checks(ck, net, cfg, crop, int(workers), resume, prec)
         seed = int(ck["config"].get("seed", seed))
 
     scales = base_scales(samples, model.diam_mean, rescale, diameter)
@@ -253,7 +263,7 @@ def train(
     cfg.update(crop=crop, rescale=bool(rescale), diameter=diameter, n_per_epoch=nper,
                val_every=vevery, seed=seed, min_masks=int(min_masks), anisotropy=anisotropy,
                batch_seeds=int(workers) > 0, time_budget=budget.seconds, epochs=n_epochs,
-               channels=None if channels is None else list(channels))
+               channels=None if channels is None else list(channels), precision=prec)
     if intensity is not None:
         cfg.update(intensity=intensity.to_dict())
     if scale_range is not None:
@@ -341,7 +351,7 @@ def train(
                        cancelled=loop.cancelled, save_path=save_path,
                        checkpoint_path=checkpoint_path, seconds=time.monotonic() - t_start,
                        crops_per_second=loop.n_crops / loop.t_loop if loop.t_loop > 0 else 0.0,
-                       improved=improved, note=model.meta["training"]["note"])
+                       improved=improved, note=model.meta["training"]["note"], precision=prec)
 
 
 def _schedule(cfg: dict, n_epochs: int | None, nb: int) -> tuple[np.ndarray | None, int]:
@@ -359,22 +369,3 @@ def _schedule(cfg: dict, n_epochs: int | None, nb: int) -> tuple[np.ndarray | No
     if w <= n_epochs // 5:
         return lr_schedule(n_epochs, cfg["learning_rate"], w), 0
     return lr_schedule(n_epochs, cfg["learning_rate"], 0), max(1, w * nb)
-
-
-def _resume_checks(ck: dict, net, cfg: dict, crop: int, workers: int, resume) -> None:
-    if list(ck["meta"].get("nbase", net.nbase)) != list(net.nbase):
-        raise ValueError(f"checkpoint {resume} is for a network of widths "
-                         f"{ck['meta'].get('nbase')}, not {net.nbase}")
-    old = ck["config"]
-    if old.get("time_budget") is not None and old.get("epochs") is None:
-        raise ValueError(f"checkpoint {resume} is of a run under a time budget; it cannot be "
-                         "resumed (fine-tune its saved model again instead)")
-    net.load_state_dict(ck["net"])
-    for k in ("epochs", "learning_rate", "optimizer", "batch_size", "crop"):
-        if k in old and old[k] != {**cfg, "crop": crop}[k]:
-            warnings.warn(f"resuming with {k}={({**cfg, 'crop': crop})[k]!r}, the "
-                          f"checkpoint used {old[k]!r}", stacklevel=3)
-    if bool(old.get("batch_seeds", False)) != (workers > 0):
-        warnings.warn(f"resuming with workers={workers}: the checkpoint's batches were made "
-                      f"with workers {'>= 1' if old.get('batch_seeds') else '= 0'}, so the "
-                      "crops will differ from an uninterrupted run", stacklevel=3)
