@@ -163,6 +163,8 @@ def main(argv=None) -> int:
         else args.workers,
         intensity=cfg.get("intensity"),  # intensity augmentation (None: off)
         scale_range=cfg.get("scale_range"),
+        # "auto": bf16 autocast on a CPU with native bf16, else fp32 (recorded in the model)
+        precision=cfg.get("precision", "auto"),
     )
     if not res.cancelled and (cfg.get("average") or cfg.get("half")):
         model = res.model
