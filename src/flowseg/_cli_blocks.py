@@ -31,6 +31,7 @@ from typing import Any
 from ._cli_batch import Batch, Input, expand_inputs
 from ._cli_common import (
     ProgressBars,
+    file_anisotropy,
     load_model,
     mask_params,
     parse_channels,
@@ -189,12 +190,13 @@ def image_shape(path: Path) -> tuple[int, ...] | None:
 
 
 def check_memory(args: argparse.Namespace, path: Path, shape: tuple[int, ...] | None,
-                 model: Any = None) -> None:
+                 model: Any = None, anisotropy: float | None = None) -> None:
     """Refuse (InputError) an in-memory run of the image at ``path`` (of ``shape``) whose
     predicted peak memory exceeds the memory free now, proposing the blockwise path.
 
     ``model``: the model that will run (None: a Cellpose-style width-32 network at its
-    own diameter, e.g. before ``--model auto`` has chosen).
+    own diameter, e.g. before ``--model auto`` has chosen); ``anisotropy``: the one the
+    run uses (default ``--anisotropy``).
     """
     from .engine.errors import InputError
     from .engine.memory import estimate_segment_memory
@@ -205,7 +207,8 @@ def check_memory(args: argparse.Namespace, path: Path, shape: tuple[int, ...] | 
         est = estimate_segment_memory(
             model, shape, channel_axis=args.channel_axis, z_axis=args.z_axis,
             do_3d=args.do_3d, stitch_threshold=args.stitch, diameter=args.diameter,
-            anisotropy=args.anisotropy, batch_size=args.batch_size, augment=args.augment)
+            anisotropy=args.anisotropy if anisotropy is None else anisotropy,
+            batch_size=args.batch_size, augment=args.augment)
     except ValueError:  # axes the run refuses: it says why
         return
     if not est.fits:
@@ -264,16 +267,19 @@ def _run_block_job(args: argparse.Namespace, job: BlockJob, model: Any, cluster:
         kw["channel_axis"] = info["channel_axis"]
         if info["ndim"] == 3 and kw["z_axis"] is None:
             kw["z_axis"] = 0
-    elif isinstance(data, Path) and data.suffix.lower() not in (".tif", ".tiff") \
-            and not data.is_dir():
-        data = read_image(data)
+    anisotropy = args.anisotropy
+    if isinstance(data, Path):
+        shape = image_shape(data) if data.suffix.lower() in (".tif", ".tiff") else None
+        anisotropy = file_anisotropy(args, data, job.label, shape)
+        if data.suffix.lower() not in (".tif", ".tiff") and not data.is_dir():
+            data = read_image(data)
     diameter = args.diameter if args.diameter and args.diameter > 0 else None
     import tifffile
 
     try:
         res = segment_blocks(
             data, model, block_size=args.block_size, overlap=args.overlap, diameter=diameter,
-            do_3d=args.do_3d, anisotropy=args.anisotropy, out=job.out,
+            do_3d=args.do_3d, anisotropy=anisotropy, out=job.out,
             overwrite=args.overwrite, cluster=cluster, skip_below=args.skip_below,
             progress=bars, augment=args.augment, batch_size=args.batch_size,
             **mask_params(args).as_dict(), **kw)

@@ -1,9 +1,10 @@
 """Pieces shared by the ``flowseg`` sub-commands (segment, blockwise, track, train).
 
 Reading images and folders, the ``--channels`` argument, the mask-parameter options (their
-defaults are :class:`~flowseg.engine.flows.params.MaskParams`'), the default model and the
-tqdm progress bars.  Nothing torch-heavy is imported at module level: ``flowseg --help``
-stays quick; :func:`load_model` imports the model code when it runs.
+defaults are :class:`~flowseg.engine.flows.params.MaskParams`'), the anisotropy of a ``--3d``
+run taken from the file's voxel size, the default model and the tqdm progress bars.  Nothing
+torch-heavy is imported at module level: ``flowseg --help`` stays quick; :func:`load_model`
+imports the model code when it runs.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from .engine.flows.params import MaskParams
 
 __all__ = ["IMAGE_SUFFIXES", "OUTPUT_MARKERS", "ProgressBars", "add_mask_args",
-           "collect_images", "is_output", "load_model", "mask_params", "parse_channels",
-           "read_image"]
+           "collect_images", "file_anisotropy", "is_output", "load_model", "mask_params",
+           "parse_channels", "read_image"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 OUTPUT_MARKERS = ("_masks", "_flows", "_cellprob", "_seg", "_cp_masks")
@@ -77,6 +78,53 @@ def read_image(path: Path) -> np.ndarray:
     from .engine.io.images import read_image as _read
 
     return _read(path)
+
+
+def _is_volume(shape: tuple[int, ...] | None, args: argparse.Namespace) -> bool:
+    """Whether an image of ``shape`` is a 3D volume for ``--3d`` (unknown shape: yes)."""
+    if shape is None:
+        return True
+    from types import SimpleNamespace
+
+    from .engine.inference.prepare import spatial_ndim
+
+    try:
+        return spatial_ndim(SimpleNamespace(ndim=len(shape), shape=tuple(shape)),
+                            getattr(args, "channel_axis", None), getattr(args, "z_axis", None),
+                            True, 0.0) == 3
+    except ValueError:  # not a volume: the run says why
+        return False
+
+
+def file_anisotropy(args: argparse.Namespace, path: Path | None, label: str,
+                    shape: tuple[int, ...] | None = None) -> float | None:
+    """The anisotropy of a run on the file ``path``.
+
+    ``--anisotropy`` when given (and whatever it is without ``--3d``); else the file's voxel
+    size (:func:`flowseg.engine.io.voxel.read_voxel_size`), saying so on one line; else None
+    (1), saying so when the image (of ``shape``: one 3D image, without a time axis) is a
+    volume.
+    """
+    if not getattr(args, "do_3d", False) or args.anisotropy is not None or path is None:
+        return args.anisotropy
+    from tqdm import tqdm
+
+    from .engine.io.voxel import anisotropy_from_voxel, format_voxel, read_voxel_size
+
+    voxel = read_voxel_size(path)
+    aniso = anisotropy_from_voxel(voxel)
+    if aniso is not None and voxel is not None:
+        msg = (f"anisotropy {aniso:.3g} from the file's voxel size ({format_voxel(voxel)}); "
+               "--anisotropy overrides it")
+    elif not _is_volume(shape, args):
+        return None
+    elif voxel is not None:
+        msg = (f"the file's voxel size ({format_voxel(voxel)}) gives an implausible "
+               "anisotropy; using 1 (--anisotropy sets it)")
+    else:
+        msg = "the file states no voxel size; anisotropy 1 (--anisotropy sets it)"
+    tqdm.write(f"{label}: {msg}", file=sys.stderr)
+    return aniso
 
 
 class ProgressBars:

@@ -30,6 +30,7 @@ from ._cli_blocks import (
 from ._cli_common import (
     ProgressBars,
     add_mask_args,
+    file_anisotropy,
     load_model,
     mask_params,
     parse_channels,
@@ -63,7 +64,8 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stitch", type=float, default=MaskParams.stitch_threshold, metavar="IOU",
                    help="for stacks: 2D per slice, stitched across z at this IoU (e.g. 0.5)")
     p.add_argument("--anisotropy", type=float, default=None, metavar="A",
-                   help="z step / pixel size for 3D (e.g. 2.0)")
+                   help="z step / pixel size for 3D (e.g. 2.0; default: from the file's "
+                        "voxel size (ImageJ / OME-TIFF, OME-Zarr), else 1)")
     add_mask_args(p)
     p.add_argument("--augment", action="store_true", help="flip test-time augmentation")
     p.add_argument("--batch-size", type=int, default=8)
@@ -216,21 +218,26 @@ def _segment_one(args: argparse.Namespace, label: str, src: Any, dst: Path, jkw:
     info = jkw.pop("_info", None)
     memory = not args.no_memory_check
     if isinstance(src, Path):
-        if memory and not models.auto:  # from the file's header, before reading it
-            check_memory(args, src, image_shape(src), models.fixed)
+        shape = image_shape(src)  # from the file's header, before reading it
+        jkw["anisotropy"] = file_anisotropy(args, src, label, shape)
+        if memory and not models.auto:
+            check_memory(args, src, shape, models.fixed, anisotropy=jkw["anisotropy"])
         image = read_image(src)
     else:
         image = src
     try:
         model, note = models(image, jkw)
         if memory and (models.auto or not isinstance(src, Path)):
-            check_memory(args, Path(label), tuple(np.shape(image)), model)
+            check_memory(args, Path(label), tuple(np.shape(image)), model,
+                         anisotropy=jkw.get("anisotropy"))
         seg = model.segment(image, progress=bars, check_memory=False, **jkw)
     finally:
         bars.close()
     out = write_masks(seg.masks, dst, args.format)
+    aniso = seg.params.get("anisotropy") if seg.params.get("do_3d") else None
     msg = (f"{label}: {seg.n_objects} objects (diameter {seg.diameter:.1f} px, "
-           f"{seg.params.get('diameter_source')}) -> {out}")
+           f"{seg.params.get('diameter_source')}"
+           + ("" if aniso is None else f", anisotropy {aniso:.3g}") + f") -> {out}")
     if note:
         msg += f"  [{note}]"
     if info is not None and info.get("labels") is not None:

@@ -25,6 +25,7 @@ from ._cli_common import (
     ProgressBars,
     add_mask_args,
     collect_images,
+    file_anisotropy,
     load_model,
     mask_params,
     parse_channels,
@@ -55,7 +56,8 @@ def add_track_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stitch", type=float, default=MaskParams.stitch_threshold, metavar="IOU",
                    help="3D frames: 2D per slice, stitched across z at this IoU")
     p.add_argument("--anisotropy", type=float, default=None, metavar="A",
-                   help="z step / pixel size for 3D frames")
+                   help="z step / pixel size for 3D frames (default: from the file's voxel "
+                        "size (ImageJ / OME-TIFF), else 1)")
     add_mask_args(p)
     p.add_argument("--max-gap", type=int, default=2,
                    help="frames a cell may be missed and keep its track (default 2; 0: none)")
@@ -96,6 +98,25 @@ def read_timelapse(path: Path) -> tuple[np.ndarray, bool]:
     return read_image(path), False
 
 
+def _voxel_file(path: Path) -> Path | None:
+    """The file whose voxel size the frames have: the time-lapse file, or a folder's first
+    frame."""
+    if not path.is_dir():
+        return path
+    try:
+        return collect_images([str(path)])[0]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _frame_shape(shape: tuple[int, ...], t_axis: int) -> tuple[int, ...] | None:
+    """The shape of one frame (None: ``t_axis`` out of range; the run says why)."""
+    if not -len(shape) <= t_axis < len(shape):
+        return None
+    t = t_axis % len(shape)
+    return tuple(s for k, s in enumerate(shape) if k != t)
+
+
 def _write_labels(labels: np.ndarray, path: Path) -> Path:
     import tifffile
 
@@ -126,13 +147,16 @@ def run_track(args: argparse.Namespace) -> int:
     t_axis = 0 if from_folder else args.t_axis
     if image.ndim < 3:
         raise ValueError(f"{args.path}: image of shape {image.shape} has no time axis")
+    voxel_file = _voxel_file(Path(args.path).expanduser()) if args.do_3d else None
+    anisotropy = file_anisotropy(args, voxel_file, str(args.path),
+                                 _frame_shape(image.shape, t_axis))
     model = load_model(args.model, args.device)
     n = image.shape[t_axis % image.ndim]
     print(f"model: {model}; {n} frames of shape {image.shape}, T axis {t_axis}",
           file=sys.stderr)
     bars = ProgressBars(not args.no_progress)
     kw = {"channels": parse_channels(args.channels), "channel_axis": args.channel_axis,
-          "z_axis": args.z_axis, "do_3d": args.do_3d, "anisotropy": args.anisotropy,
+          "z_axis": args.z_axis, "do_3d": args.do_3d, "anisotropy": anisotropy,
           **mask_params(args).as_dict()}
     t0 = time.perf_counter()
     try:

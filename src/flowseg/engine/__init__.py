@@ -12,7 +12,8 @@ flows      labels -> flows -> masks, stitching, metrics (no network)
 network    the residual U-Net and tiled inference
 inference  ``Model``: loading, segmenting (2D, stacks, 3D), diameter estimate, model zoo
 training   training and fine-tuning (``train``), the training set of the napari loop
-io         model files, ``_seg.npy``, ImageJ ROIs, training folders, the model registry
+io         model files, ``_seg.npy``, ImageJ ROIs, training folders, the model registry,
+           voxel sizes
 data       synthetic images with ground truth, the bundled samples
 blocks     blockwise segmentation of images bigger than memory (dask, zarr)
 tracking   time-lapse tracking (laptrack) and Cell Tracking Challenge export

@@ -261,6 +261,8 @@ def segment_blocks(data: Any, model: Any, *, block_size: int | Sequence[int] | N
         kw["anisotropy"] = anisotropy
     attrs = {"flowseg": {"model": str(model.meta.get("path") or model.meta.get("source", "")),
                          "diameter": float(diameter), "diameter_source": how,
+                         "do_3d": bool(do_3d), "anisotropy": None if anisotropy is None
+                         else float(anisotropy),
                          "block_size": list(plan.block_size), "overlap": list(plan.overlap),
                          "complete": False}}
     target = create_output(out, lay, plan, src.ome, overwrite=overwrite, attributes=attrs)
