@@ -1,16 +1,21 @@
 """From a napari layer to engine arguments: axes, channels, scale, sizes from Shapes.
 
-Pure functions on layer-like objects (``data``, ``rgb``, ``scale``, ``ndim``), no Qt, so
-they are easy to test.  Every problem a user can cause from the UI is a ``ValueError`` with
-a message the widget shows as a notification.
+Pure functions on layer-like objects (``data``, ``rgb``, ``scale``, ``ndim``, ``source``),
+no Qt, so they are easy to test.  Every problem a user can cause from the UI is a
+``ValueError`` with a message the widget shows as a notification; :func:`file_voxel` never
+raises.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .engine.io.voxel import read_voxel_size
 
 __all__ = [
     "MAX_CHANNELS",
@@ -19,10 +24,12 @@ __all__ = [
     "check_axes",
     "default_anisotropy",
     "diameter_from_shapes",
+    "file_voxel",
     "guess_axes",
     "layer_kind",
     "n_channels",
     "z_axis_choices",
+    "zyx_scale",
 ]
 
 #: The longest axis the channel-axis picker offers (a longer one is spatial).
@@ -125,17 +132,59 @@ def spatial_scale(scale: Any, axes: Axes, ndim: int, rgb: bool = False) -> list[
     return scale
 
 
-def default_anisotropy(scale: Any, axes: Axes, ndim: int, rgb: bool = False) -> float:
-    """Z step over the in-plane pixel size from the layer's scale (1 without Z)."""
+def zyx_scale(scale: Any, axes: Axes, ndim: int, rgb: bool = False
+              ) -> tuple[float, float, float] | None:
+    """The layer's scale along Z, Y and X (None without a Z axis)."""
     if axes.z_axis is None:
-        return 1.0
-    sc = [float(s) for s in scale]
+        return None
     z = axes.z_axis
-    if not rgb and axes.channel_axis is not None and len(sc) == ndim and axes.channel_axis < z:
+    if not rgb and axes.channel_axis is not None and len(scale) == ndim and axes.channel_axis < z:
         z -= 1
     sp = spatial_scale(scale, axes, ndim, rgb)
-    yx = float(np.mean(sp[-2:]))
-    return float(sp[z] / yx) if yx > 0 else 1.0
+    return float(sp[z]), float(sp[-2]), float(sp[-1])
+
+
+def default_anisotropy(scale: Any, axes: Axes, ndim: int, rgb: bool = False) -> float:
+    """Z step over the in-plane pixel size from the layer's scale (1 without Z)."""
+    zyx = zyx_scale(scale, axes, ndim, rgb)
+    if zyx is None:
+        return 1.0
+    yx = (zyx[1] + zyx[2]) / 2.0
+    return float(zyx[0] / yx) if yx > 0 else 1.0
+
+
+def file_voxel(layer: Any) -> tuple[float, float, float] | None:
+    """The ``(z, y, x)`` voxel size (µm) the file a layer was read from states.
+
+    The file is napari's ``layer.source.path``: an ImageJ TIFF, an OME-TIFF or an OME-Zarr
+    folder (:func:`flowseg.engine.io.voxel.read_voxel_size`).  A TIFF that is neither ImageJ
+    nor OME states none; it is recognised from its first page, as listing the pages of a
+    long plain TIFF can take seconds.
+
+    Parameters
+    ----------
+    layer : napari.layers.Layer
+        Any layer-like object; one without a source path gives None.
+
+    Returns
+    -------
+    tuple of float or None
+        The voxel size, or None (no file, or none stated).  Never raises.
+    """
+    try:
+        path = getattr(getattr(layer, "source", None), "path", None)
+        if not isinstance(path, (str, os.PathLike)):
+            return None
+        p = Path(path).expanduser()
+        if p.suffix.lower() in (".tif", ".tiff") and p.is_file():
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                if not (tif.is_imagej or tif.is_ome):
+                    return None
+        return read_voxel_size(p)
+    except Exception:  # noqa: BLE001 - an unreadable file states no voxel size
+        return None
 
 
 def diameter_from_shapes(shapes_layer: Any, pixel_size: float = 1.0) -> float:

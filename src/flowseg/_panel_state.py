@@ -6,11 +6,18 @@ another image is picked and restores them when it comes back.  An image seen for
 time gets its axes guessed from its shape, and the model and diameter shown before (the
 model's default diameter for the very first image); the status line says so -- nothing is
 carried over silently.
+
+A volume's default anisotropy comes from the layer's scale along Z, Y and X; when the layer
+has none (all 1), from the voxel size stated by the file it was read from (ImageJ TIFF,
+OME-TIFF, OME-Zarr: napari's own TIFF reader sets no scale), read once per layer.  The
+anisotropy's tooltip says where the default came from, and so does the status line when a
+new image takes it from its file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,15 +30,22 @@ from ._inputs import (
     Axes,
     channel_axis_choices,
     default_anisotropy,
+    file_voxel,
     n_channels,
     z_axis_choices,
+    zyx_scale,
 )
 from ._segment_request import default_settings
 from ._session import ImageSettings, Session
+from .engine.io.voxel import anisotropy_from_voxel, format_voxel
 
-__all__ = ["DEFAULT_DIAMETER", "PanelState"]
+__all__ = ["ANISOTROPY_TIP", "DEFAULT_DIAMETER", "PanelState"]
 
 DEFAULT_DIAMETER = 30.0
+#: tooltip of the anisotropy control; where the shown image's default came from follows it
+ANISOTROPY_TIP = "Z step over the XY pixel size of the volume (3D only)"
+
+Voxel = tuple[float, float, float]  # (z, y, x) in µm
 
 
 class PanelState:
@@ -42,6 +56,10 @@ class PanelState:
         self.quiet = False  # True while the panel sets its own widgets
         self.shown: Any = None  # the image layer whose settings the controls show
         self.last_shown: str | None = None  # name of the image shown before
+        # layer -> the voxel size its file states (None: none); read once per layer, and
+        # weak, so that a deleted layer's data is not kept alive
+        self._voxels: weakref.WeakKeyDictionary[Any, Voxel | None] = (
+            weakref.WeakKeyDictionary())
 
     @contextmanager
     def quietly(self) -> Iterator[None]:
@@ -78,8 +96,73 @@ class PanelState:
         stored = self.session.settings.get(Session.key(layer))
         if stored is not None:
             return stored
-        return default_settings(layer, model=self.panel.model.value,
-                                diameter=self.default_diameter())
+        return self.new_settings(layer, model=self.panel.model.value,
+                                 diameter=self.default_diameter())
+
+    def new_settings(self, layer: Any, model: str | None = None, diameter: float = 30.0
+                     ) -> ImageSettings:
+        """Settings for an image seen for the first time: :func:`default_settings` with the
+        default anisotropy of :meth:`anisotropy_default`."""
+        s = default_settings(layer, model=model, diameter=diameter)
+        if s.z_axis is None:
+            return s
+        aniso, _ = self.anisotropy_default(layer, Axes(s.channel_axis, s.z_axis))
+        return dataclasses.replace(s, anisotropy=round(aniso, 3))
+
+    # ------------------------------------------------------------------ anisotropy
+    def file_voxel(self, layer: Any) -> Voxel | None:
+        """The voxel size stated by the file ``layer`` was read from (None: none), read
+        once per layer (:func:`flowseg._inputs.file_voxel`).  Never raises."""
+        try:
+            return self._voxels[layer]
+        except KeyError:
+            pass
+        except TypeError:  # a layer-like object that cannot be weakly referenced
+            return file_voxel(layer)
+        voxel = self._voxels[layer] = file_voxel(layer)
+        return voxel
+
+    def anisotropy_default(self, layer: Any, ax: Axes) -> tuple[float, str]:
+        """The default anisotropy of ``layer`` with the axes ``ax``, and where it came from.
+
+        Parameters
+        ----------
+        layer : napari.layers.Image
+            The image.
+        ax : Axes
+            Its channel and Z axes.
+
+        Returns
+        -------
+        value : float
+            The layer's scale along Z / Y / X when it has one (not all 1: the user or a
+            reader set it); else the file's voxel size when it states one; else 1.
+        source : str
+            Where it came from, in words (``"from the file's voxel size (z 2 um, xy 0.5
+            um)"``); empty without a Z axis.
+        """
+        if ax.z_axis is None:
+            return 1.0, ""
+        try:
+            zyx = zyx_scale(layer.scale, ax, layer.ndim, bool(layer.rgb))
+        except (IndexError, ValueError, TypeError):
+            zyx = None
+        if zyx is not None and any(v != 1.0 for v in zyx):
+            aniso = default_anisotropy(layer.scale, ax, layer.ndim, bool(layer.rgb))
+            return aniso, "from the layer's scale (z {:g}, y {:g}, x {:g})".format(*zyx)
+        voxel = self.file_voxel(layer)
+        aniso = anisotropy_from_voxel(voxel)
+        if voxel is not None and aniso is not None:
+            return aniso, f"from the file's voxel size ({format_voxel(voxel)})"
+        return 1.0, "(neither the layer's scale nor its file states a voxel size)"
+
+    def _show_anisotropy_source(self, layer: Any) -> None:
+        """Tell, in the anisotropy's tooltip, where the default for ``layer`` came from."""
+        p = self.panel
+        aniso, source = self.anisotropy_default(layer, Axes(p.channel_axis.value,
+                                                             p.z_axis.value))
+        p.anisotropy.tooltip = (f"{ANISOTROPY_TIP}; default {aniso:.3g} {source}" if source
+                                else ANISOTROPY_TIP)
 
     def remember(self, layer: Any, **changes: Any) -> None:
         """Store the settings of ``layer`` (with ``changes``)."""
@@ -103,14 +186,18 @@ class PanelState:
         new, before = stored is None, self.last_shown
         if new:  # the model and diameter of the image shown before, said out loud
             d = p.diameter.value if before is not None else self.default_diameter()
-            stored = default_settings(layer, model=p.model.value, diameter=d)
+            stored = self.new_settings(layer, model=p.model.value, diameter=d)
         self.apply(layer, stored)
         self.last_shown = layer.name
         self.show_result(layer)
         if new and not p.busy and self.session.current(layer) is None:
             origin = f" (as for {before!r}: change them if this image differs)" if before else ""
+            aniso, source = self.anisotropy_default(layer, Axes(stored.channel_axis,
+                                                                stored.z_axis))
+            file = (f" Anisotropy {aniso:.3g} {source}." if source.startswith("from the file")
+                    else "")
             p.status.value = (f"{layer.name}: model {p.models.label_of(p.model.value)}, "
-                              f"diameter {p.diameter.value:g} px{origin}. Press Run.")
+                              f"diameter {p.diameter.value:g} px{origin}.{file} Press Run.")
 
     def apply(self, layer: Any, s: ImageSettings) -> None:
         """Show the settings ``s`` of ``layer`` in the controls."""
@@ -127,6 +214,7 @@ class PanelState:
             for w in (p.do_3d, p.stitch, p.anisotropy):
                 w.enabled = has_z
             p.do_3d.value, p.stitch.value, p.anisotropy.value = s.do_3d, s.stitch, s.anisotropy
+            self._show_anisotropy_source(layer)
             if has_z:
                 p.more.value = True
             if s.model is not None and s.model in p.model.choices:
@@ -166,7 +254,6 @@ class PanelState:
         layer = p.image.value
         if self.quiet or layer is None:
             return
-        defaults = default_settings(layer)
         with self.quietly():
             self._fill_axes(layer, p.channel_axis.value, p.z_axis.value)
             ax = Axes(p.channel_axis.value, p.z_axis.value)
@@ -179,11 +266,8 @@ class PanelState:
             for w in (p.do_3d, p.stitch, p.anisotropy):
                 w.enabled = has_z
             if has_z:
-                try:
-                    aniso = default_anisotropy(layer.scale, ax, layer.ndim, bool(layer.rgb))
-                except (IndexError, ValueError):
-                    aniso = defaults.anisotropy
-                p.anisotropy.value = round(aniso, 3)
+                p.anisotropy.value = round(self.anisotropy_default(layer, ax)[0], 3)
+            self._show_anisotropy_source(layer)
 
     def show_result(self, layer: Any) -> None:
         """Thresholds and status of the current result of ``layer`` (if any)."""

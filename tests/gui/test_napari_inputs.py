@@ -12,7 +12,9 @@ from flowseg._inputs import (
     check_axes,
     default_anisotropy,
     diameter_from_shapes,
+    file_voxel,
     guess_axes,
+    zyx_scale,
 )
 from flowseg._layers import flow_vectors
 
@@ -47,6 +49,34 @@ def test_default_anisotropy():
     assert default_anisotropy((1, 2.0, 0.5, 0.5), Axes(0, 1), 4) == pytest.approx(4.0)
     assert default_anisotropy((3.0, 1.0, 1.0), Axes(z_axis=0), 3) == pytest.approx(3.0)
     assert default_anisotropy((1.0, 1.0), Axes(), 2) == 1.0
+
+
+def test_zyx_scale():
+    assert zyx_scale((1, 2.0, 0.5, 0.4), Axes(0, 1), 4) == (2.0, 0.5, 0.4)
+    assert zyx_scale((2.0, 1, 0.5, 0.4), Axes(1, 0), 4) == (2.0, 0.5, 0.4)
+    assert zyx_scale((2.0, 0.5, 0.4), Axes(3, 0), 4, rgb=True) == (2.0, 0.5, 0.4)
+    assert zyx_scale((1.0, 1.0), Axes(), 2) is None
+
+
+def test_file_voxel(tmp_path):
+    """The voxel size of a layer's file; None (never an error) for no file, a plain TIFF
+    (told from its first page), a missing or damaged file."""
+    import tifffile
+
+    vol = np.zeros((3, 8, 8), np.uint8)
+    ij, plain, bad = tmp_path / "ij.tif", tmp_path / "plain.tif", tmp_path / "bad.tif"
+    tifffile.imwrite(ij, vol, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(plain, vol)
+    bad.write_bytes(b"II*\0garbage")
+
+    def layer(path):
+        return SimpleNamespace(source=SimpleNamespace(path=path))
+
+    assert file_voxel(layer(str(ij))) == pytest.approx((2.0, 0.5, 0.5))
+    for path in (None, str(plain), str(bad), str(tmp_path / "gone.tif"), str(tmp_path), 3):
+        assert file_voxel(layer(path)) is None
+    assert file_voxel(SimpleNamespace()) is None
 
 
 def test_diameter_from_shapes():

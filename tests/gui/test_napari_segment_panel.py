@@ -199,3 +199,50 @@ def test_auto_model_chooses_by_style_for_segment_estimate_and_says_which(
     c.estimate_diameter()
     _idle(qtbot, w, 120000)
     assert 8 < c.diameter.value < 32 and c.image.value is img
+
+
+def test_volume_anisotropy_from_the_file_voxel_size(make_napari_viewer, model_dir, tmp_path,
+                                                    monkeypatch):
+    """napari's TIFF reader sets no scale: a volume's default anisotropy comes from the
+    file's voxel size (read once per layer) and the tooltip and status say so; a scale set
+    on the layer wins."""
+    import tifffile
+
+    from flowseg import _panel_state
+
+    reads, real = [], _panel_state.file_voxel
+
+    def counting(layer):
+        reads.append(layer)
+        return real(layer)
+
+    monkeypatch.setattr(_panel_state, "file_voxel", counting)
+    vol = np.random.default_rng(0).integers(0, 255, (6, 24, 24), dtype=np.uint8)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, vol, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    viewer, w = _widget(make_napari_viewer)
+    c = w.controls
+    (layer,) = viewer.open(path, plugin="napari")
+    assert tuple(layer.scale) == (1, 1, 1) and layer.source.path == str(path)
+    assert c.image.value is layer and c.z_axis.value == 0 and c.do_3d.value
+    assert c.anisotropy.value == pytest.approx(4.0)
+    assert "default 4 from the file's voxel size (z 2 um, xy 0.5 um)" in c.anisotropy.tooltip
+    assert "Anisotropy 4 from the file's voxel size (z 2 um, xy 0.5 um)." in c.status.value
+    assert w.request().anisotropy == pytest.approx(4.0)
+    # a scale set on the layer (by the user or a reader) wins
+    (scaled,) = viewer.open(path, plugin="napari", scale=(3, 1, 1), name="scaled")
+    assert c.image.value is scaled and c.anisotropy.value == pytest.approx(3.0)
+    assert "default 3 from the layer's scale (z 3, y 1, x 1)" in c.anisotropy.tooltip
+    # an image without a file: 1
+    plain = viewer.add_image(vol, name="plain")
+    assert c.image.value is plain and c.anisotropy.value == pytest.approx(1.0)
+    assert "neither the layer's scale nor its file" in c.anisotropy.tooltip
+    # choosing the Z axis again, or coming back to the image, reads no file again
+    viewer.layers.selection.active = layer
+    assert c.image.value is layer and "from the file's voxel size" in c.anisotropy.tooltip
+    c.z_axis.value = None
+    assert c.anisotropy.tooltip == _panel_state.ANISOTROPY_TIP
+    c.z_axis.value = 0
+    assert c.anisotropy.value == pytest.approx(4.0)
+    assert reads.count(layer) == 1 and scaled not in reads
