@@ -279,12 +279,19 @@ SYNTHETIC_LOOKS = {
 }
 
 
+def synthetic_looks(model: str) -> tuple[str, ...]:
+    """The synthetic looks of a generalist recipe: whole-cell looks for ``cyto*`` recipes,
+    nuclear ones otherwise."""
+    return SYNTHETIC_LOOKS["cyto_generalist" if model.startswith("cyto") else "nuclei_generalist"]
+
+
 #: default diameter range (px, drawn log-uniformly) of the synthetic whole cells
 CELL_DIAMETER = (12.0, 70.0)
 
 
 def _synthetic_one(args: tuple) -> tuple[np.ndarray, np.ndarray, str]:
-    look, seed, two_channel, stain_jitter, (c_lo, c_hi) = args
+    look, seed, two_channel, stain_jitter, *size = args  # size: the cells' diameter range
+    c_lo, c_hi = size[0] if size else CELL_DIAMETER
     rng = np.random.default_rng(seed)
     nuclear = look in ("nuclei", "stained")
     d = float(np.exp(rng.uniform(np.log(8.0 if nuclear else c_lo),
@@ -322,7 +329,7 @@ def synthetic_generalist(model: str, n: int, seed: int, stain_jitter: float = 0.
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    looks = SYNTHETIC_LOOKS["cyto_generalist" if model.startswith("cyto") else "nuclei_generalist"]
+    looks = synthetic_looks(model)
     cd = (float(cell_diameter[0]), float(cell_diameter[1]))
     jobs = [(looks[k % len(looks)], seed + k, model.startswith("cyto"), stain_jitter, cd)
             for k in range(n)]

@@ -175,13 +175,14 @@ def _recipes():
 
 def test_generalist_recipes_parse():
     data, _ = _recipes()
-    for name in ("nuclei_generalist", "cyto_generalist"):
+    for name in ("nuclei_generalist", "cyto_generalist", "nuclei_cpu_generalist",
+                 "cyto_cpu_generalist"):
         cfg = data.stage_configs(name)[0]
         assert IntensityAug.from_config(cfg["intensity"]) == IntensityAug()
         lo, hi = cfg["scale_range"]
         assert 0 < lo < 1 < hi
         assert cfg["width"] == 32 and cfg["crop"] % 8 == 0
-        assert set(data.SYNTHETIC_LOOKS[name])
+        assert set(data.synthetic_looks(name))
     # the existing recipes keep training without intensity augmentation
     for name in ("nuclei", "cyto"):
         assert all(IntensityAug.from_config(c.get("intensity")) is None
