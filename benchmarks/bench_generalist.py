@@ -12,7 +12,8 @@ Sets (images are passed as a user would: gray, 16-bit or RGB arrays, no channel 
     ``--n-syn`` images drawn with seeds no training recipe uses: ``fluor_cells`` (16-bit
     fluorescent whole cells ~75 px, elongated 2.5-3.5x), ``dic`` (DIC relief of cells ~115 px),
     ``phase_small`` (phase contrast with halos, cells ~12 px), ``lowcontrast_nuclei`` (16-bit
-    nuclei at a few percent contrast), ``he`` (H&E-like RGB nuclei ~16 px).  The generalist
+    nuclei at a few percent contrast), ``noisy_nuclei`` (the same at signal-to-noise
+    1.3-4, nuclei 20-50 px), ``he`` (H&E-like RGB nuclei ~16 px).  The generalist
     recipes train on other renderings of the same looks, so these are *not* held out.
 
     python benchmarks/bench_generalist.py --models cyto nuclei --json runs/generalist_base.jsonl
@@ -42,6 +43,7 @@ SYN = {
     "dic": ("modality", "dic", 1024, (100.0, 130.0), (1.0, 1.6)),
     "phase_small": ("modality", "phase_halo", 384, (10.0, 14.0), (1.0, 1.5)),
     "lowcontrast_nuclei": ("sample", "nuclei", 512, (14.0, 24.0), (1.0, 1.0)),
+    "noisy_nuclei": ("sample", "nuclei", 640, (20.0, 50.0), (1.0, 1.0)),
     "he": ("modality", "stained", 512, (12.0, 20.0), (1.0, 1.0)),
 }
 
@@ -68,10 +70,12 @@ def synthetic_set(name: str, n: int, seed: int = 700_000) -> list[tuple[np.ndarr
         img = img[..., 0] if img.shape[-1] == 1 else img
         if name == "fluor_cells":  # 16-bit camera counts, dim cells
             img = (200 + 3000 * img / max(float(img.max()), 1e-6)).astype(np.uint16)
-        elif name == "lowcontrast_nuclei":  # a few percent contrast on a bright offset
+        elif name in ("lowcontrast_nuclei", "noisy_nuclei"):
+            # a few percent contrast on a bright offset; noisy: signal-to-noise 1.3-4
             lo, hi = np.percentile(img, (1, 99.9))
             u = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1.5)
-            img = (30000 + 1200 * u + rng.normal(0, 120, u.shape)).clip(0, 65535)
+            sigma = 120.0 if name == "lowcontrast_nuclei" else float(rng.uniform(300, 900))
+            img = (30000 + 1200 * u + rng.normal(0, sigma, u.shape)).clip(0, 65535)
             img = img.astype(np.uint16)
         elif img.ndim == 3:  # RGB renderings as 8-bit
             img = (255 * np.clip(img / max(float(img.max()), 1e-6), 0, 1)).astype(np.uint8)
@@ -120,6 +124,8 @@ def main(argv=None) -> int:
                     choices=["usiigaci", "dsb", "syn"])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--n-syn", type=int, default=4)
+    ap.add_argument("--syn", nargs="+", default=list(SYN), choices=list(SYN),
+                    help="which synthetic sets (default: all)")
     ap.add_argument("--max-per-set", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="append one JSON line per image")
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     sets = real_sets(Path(a.data), a.sets)
     if "syn" in a.sets:
-        for name in SYN:
+        for name in a.syn:
             sets[f"syn/{name}"] = synthetic_set(name, a.n_syn)
     out = open(a.json, "a") if a.json else None  # noqa: SIM115
     for spec in a.models:
