@@ -40,10 +40,10 @@ from torch import nn
 from ..io.modelfile import (
     ModelFileError,
     _json_check,
-    _load_failure,
     atomic_torch_save,
     infer_nbase,
     load_model_file,
+    load_torch_file,
 )
 from ..network.unet import _Down
 from .base import ModelBase, resolve_device
@@ -213,11 +213,7 @@ def load_style_reference(path: str | os.PathLike, device: Any = None) -> StyleRe
     path = Path(path)
     if not path.is_file():
         raise StyleReferenceError(f"style reference {path} is missing")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle, zip, unsupported globals: one message
-        raise StyleReferenceError(f"style reference {path} is damaged: "
-                                  f"{_load_failure(path, exc)}") from None
+    obj = load_torch_file(path, StyleReferenceError, f"style reference {path} is damaged")
     bad = f"style reference {path} is damaged or not a style reference file"
     if not isinstance(obj, Mapping) or obj.get("format") != REFERENCE_FORMAT:
         what = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__

@@ -189,6 +189,15 @@ def _cellpose_meta(sd: Mapping[str, torch.Tensor]) -> dict:
             "source": "cellpose"}
 
 
+def load_torch_file(path: Path, error: type[Exception], what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (no pickled code runs); any failure
+    is raised as ``error(f"{what}: <why, in one short line>")``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip, unsupported globals: one message
+        raise error(f"{what}: {_load_failure(path, exc)}") from None
+
+
 def _load_failure(path: Path, exc: BaseException) -> str:
     """Why ``torch.load`` failed, in one short line (PyTorch's own message runs to ~900
     characters of advice about ``weights_only`` that does not apply to a broken file)."""
@@ -261,11 +270,7 @@ def load_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle, zip, unsupported globals: one message
-        raise ModelFileError(f"{path} is not a model file: {_load_failure(path, exc)}"
-                             ) from None
+    obj = load_torch_file(path, ModelFileError, f"{path} is not a model file")
     if not isinstance(obj, Mapping):
         raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a state dict")
     if obj.get("format") == FORMAT:

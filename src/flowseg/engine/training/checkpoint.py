@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..io.modelfile import atomic_torch_save
+from ..io.modelfile import atomic_torch_save, load_torch_file
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "resume_checks", "rng_state", "save_checkpoint",
            "set_rng_state"]
@@ -89,10 +89,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - not a torch file, or unsafe content
-        raise ValueError(f"{path} is not a flowseg training checkpoint ({exc})") from None
+    ck = load_torch_file(path, ValueError, f"{path} is not a flowseg training checkpoint")
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a flowseg training checkpoint")
     return ck
