@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ __all__ = [
     "guess_axes",
     "layer_kind",
     "n_channels",
+    "scale_anisotropy",
     "z_axis_choices",
     "zyx_scale",
 ]
@@ -144,22 +144,25 @@ def zyx_scale(scale: Any, axes: Axes, ndim: int, rgb: bool = False
     return float(sp[z]), float(sp[-2]), float(sp[-1])
 
 
-def default_anisotropy(scale: Any, axes: Axes, ndim: int, rgb: bool = False) -> float:
-    """Z step over the in-plane pixel size from the layer's scale (1 without Z)."""
-    zyx = zyx_scale(scale, axes, ndim, rgb)
+def scale_anisotropy(zyx: tuple[float, float, float] | None) -> float:
+    """Z step over the mean in-plane pixel size of a ``(z, y, x)`` scale (1 without one)."""
     if zyx is None:
         return 1.0
     yx = (zyx[1] + zyx[2]) / 2.0
     return float(zyx[0] / yx) if yx > 0 else 1.0
 
 
+def default_anisotropy(scale: Any, axes: Axes, ndim: int, rgb: bool = False) -> float:
+    """Z step over the in-plane pixel size from the layer's scale (1 without Z)."""
+    return scale_anisotropy(zyx_scale(scale, axes, ndim, rgb))
+
+
 def file_voxel(layer: Any) -> tuple[float, float, float] | None:
     """The ``(z, y, x)`` voxel size (µm) the file a layer was read from states.
 
     The file is napari's ``layer.source.path``: an ImageJ TIFF, an OME-TIFF or an OME-Zarr
-    folder (:func:`flowseg.engine.io.voxel.read_voxel_size`).  A TIFF that is neither ImageJ
-    nor OME states none; it is recognised from its first page, as listing the pages of a
-    long plain TIFF can take seconds.
+    folder (:func:`flowseg.engine.io.voxel.read_voxel_size`, which recognises a TIFF that
+    is neither from its first page).
 
     Parameters
     ----------
@@ -175,14 +178,7 @@ def file_voxel(layer: Any) -> tuple[float, float, float] | None:
         path = getattr(getattr(layer, "source", None), "path", None)
         if not isinstance(path, (str, os.PathLike)):
             return None
-        p = Path(path).expanduser()
-        if p.suffix.lower() in (".tif", ".tiff") and p.is_file():
-            import tifffile
-
-            with tifffile.TiffFile(p) as tif:
-                if not (tif.is_imagej or tif.is_ome):
-                    return None
-        return read_voxel_size(p)
+        return read_voxel_size(path)
     except Exception:  # noqa: BLE001 - an unreadable file states no voxel size
         return None
 

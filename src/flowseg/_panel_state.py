@@ -29,9 +29,9 @@ from . import _layers
 from ._inputs import (
     Axes,
     channel_axis_choices,
-    default_anisotropy,
     file_voxel,
     n_channels,
+    scale_anisotropy,
     z_axis_choices,
     zyx_scale,
 )
@@ -148,8 +148,8 @@ class PanelState:
         except (IndexError, ValueError, TypeError):
             zyx = None
         if zyx is not None and any(v != 1.0 for v in zyx):
-            aniso = default_anisotropy(layer.scale, ax, layer.ndim, bool(layer.rgb))
-            return aniso, "from the layer's scale (z {:g}, y {:g}, x {:g})".format(*zyx)
+            source = "from the layer's scale (z {:g}, y {:g}, x {:g})".format(*zyx)
+            return scale_anisotropy(zyx), source
         voxel = self.file_voxel(layer)
         aniso = anisotropy_from_voxel(voxel)
         if voxel is not None and aniso is not None:

@@ -141,6 +141,10 @@ def _tiff_voxel(path: Path) -> Voxel | None:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        # only ImageJ and OME-TIFF files state a voxel size; both are known from the first
+        # page, while listing the series of a long plain TIFF reads every page (seconds)
+        if not (tif.is_ome or tif.is_imagej):
+            return None
         if not tif.series or not _has_z(tif.series[0]):
             return None
         ome = _ome_voxel(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else None
